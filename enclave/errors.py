@@ -1,0 +1,51 @@
+"""Typed errors, each bound to one exit code of DESIGN.md. The CLI maps them in one place."""
+
+from __future__ import annotations
+
+
+class EnclaveError(Exception):
+    """Base of every expected failure. `str(err)` is the one line shown to the user."""
+
+    exit_code = 1
+
+
+class UsageError(EnclaveError):
+    """Usage error or bad input: unreadable/invalid manifest, inventory, key, missing file."""
+
+    exit_code = 2
+
+
+class IntegrityError(EnclaveError):
+    """Digest or size mismatch, missing or extra content, bad volume."""
+
+    exit_code = 3
+
+
+class TrustError(EnclaveError):
+    """Bad or missing signature, threshold/hybrid rule not met, unknown key, bad or expired root."""
+
+    exit_code = 4
+
+
+class RollbackError(EnclaveError):
+    """Version not newer than the rollback state allows."""
+
+    exit_code = 5
+
+
+class UnsafeArchiveError(EnclaveError):
+    """Traversal, link, device, duplicate or colliding name, oversize member."""
+
+    exit_code = 6
+
+
+class ProvisionError(EnclaveError):
+    """Unreachable host, failed task, failed post-check."""
+
+    exit_code = 7
+
+
+class PolicyError(EnclaveError):
+    """Policy refusal or a missing approval (gateway tooling)."""
+
+    exit_code = 8
