@@ -1,0 +1,258 @@
+"""The trust root: `root.json` in TUF root-metadata form (TUF spec 1.0.x, section 4.3).
+
+Roles are enclave's own: `root`, `bundle`, `approver`, `audit`. python-tuf's `Root` class is
+not used because it accepts only TUF's four top-level role names (it raises "Role names must
+be the top-level metadata roles"); the document shape, canonical JSON and signature rules
+are TUF's. enclave adds one role field, `x-enclave-hybrid`: the role's threshold must also
+include at least one classical and one post-quantum signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.formats import encode_canonical
+
+from enclave.errors import TrustError, UsageError
+from enclave.trust.keys import TUF_KEYTYPE, PublicKey, SigningKey
+
+ROLES = ("root", "bundle", "approver", "audit")
+SPEC_VERSION = "1.0.31"
+HYBRID_FIELD = "x-enclave-hybrid"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def canonical(obj: Any) -> bytes:
+    """OLPC canonical JSON, as TUF signs it."""
+    data = encode_canonical(obj)
+    assert isinstance(data, str)
+    return data.encode("utf-8")
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    keyids: tuple[str, ...]
+    threshold: int
+    hybrid: bool
+
+
+@dataclass(frozen=True)
+class RoleCheck:
+    """How a set of valid signatures measured against one role."""
+
+    role: Role
+    signers: tuple[PublicKey, ...]
+
+    @property
+    def classical(self) -> int:
+        return sum(not k.post_quantum for k in self.signers)
+
+    @property
+    def post_quantum(self) -> int:
+        return sum(k.post_quantum for k in self.signers)
+
+    @property
+    def met(self) -> bool:
+        if len(self.signers) < self.role.threshold:
+            return False
+        return not self.role.hybrid or (self.classical >= 1 and self.post_quantum >= 1)
+
+    def explain(self) -> str:
+        text = f"{len(self.signers)} of threshold {self.role.threshold} valid {self.role.name} signatures"
+        if self.role.hybrid:
+            text += f" ({self.classical} classical, {self.post_quantum} post-quantum; hybrid needs 1 of each)"
+        return text
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """A parsed root.json. `signed` is kept as read, so its digest and signatures stay exact."""
+
+    signed: dict[str, Any]
+    signatures: tuple[tuple[str, bytes], ...]
+    keys: Mapping[str, PublicKey]
+    roles: Mapping[str, Role]
+    version: int
+    expires: datetime
+    source: str
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        role_keys: Mapping[str, Sequence[PublicKey]],
+        thresholds: Mapping[str, int],
+        expires: datetime,
+        version: int = 1,
+        hybrid_roles: Sequence[str] = ("bundle",),
+    ) -> dict[str, Any]:
+        """The `signed` part of a new root; sign it with `sign_document`."""
+        keys: dict[str, Any] = {}
+        roles: dict[str, Any] = {}
+        for name in ROLES:
+            members = list(role_keys.get(name, ()))
+            for key in members:
+                keytype, scheme = TUF_KEYTYPE[key.algorithm]
+                keys[key.keyid] = {"keytype": keytype, "scheme": scheme, "keyval": {"public": key.pem}}
+            keyids = sorted({k.keyid for k in members})
+            threshold = thresholds.get(name, 1)
+            if threshold < 1:
+                raise UsageError(f"role {name}: threshold must be at least 1")
+            if keyids and threshold > len(keyids):
+                raise UsageError(f"role {name}: threshold {threshold} exceeds its {len(keyids)} keys")
+            role: dict[str, Any] = {"keyids": keyids, "threshold": threshold}
+            if name in hybrid_roles:
+                kinds = {k.post_quantum for k in members}
+                if keyids and kinds != {True, False}:
+                    raise UsageError(
+                        f"role {name} is hybrid: give it at least one ecdsa-p384 and one ml-dsa-87 key"
+                    )
+                role[HYBRID_FIELD] = True
+            roles[name] = role
+        if not roles["root"]["keyids"]:
+            raise UsageError("the root role needs at least one key (--root-key)")
+        return {
+            "_type": "root",
+            "spec_version": SPEC_VERSION,
+            "version": version,
+            "expires": format_time(expires),
+            "consistent_snapshot": False,
+            "keys": keys,
+            "roles": roles,
+        }
+
+    # -- parsing ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path) -> TrustRoot:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read trust root: {exc.strerror}") from None
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str) -> TrustRoot:
+        try:
+            doc = json.loads(data)
+            return cls._parse(doc, source)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise TrustError(f"{source}: invalid trust root: {exc}") from None
+
+    @classmethod
+    def _parse(cls, doc: Any, source: str) -> TrustRoot:
+        if not isinstance(doc, dict) or set(doc) != {"signed", "signatures"}:
+            raise ValueError("expected exactly 'signed' and 'signatures'")
+        signed = doc["signed"]
+        if not isinstance(signed, dict) or signed.get("_type") != "root":
+            raise ValueError("signed._type must be 'root'")
+        if not str(signed["spec_version"]).startswith("1."):
+            raise ValueError(f"unsupported TUF spec_version {signed['spec_version']}")
+        version = signed["version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError("version must be a positive integer")
+        expires = parse_time(signed["expires"])
+        keys: dict[str, PublicKey] = {}
+        for keyid, entry in signed["keys"].items():
+            key = PublicKey.from_pem(entry["keyval"]["public"].encode("ascii"), f"{source}: key {keyid[:16]}")
+            if key.keyid != keyid:
+                raise ValueError(f"key {keyid[:16]}: keyid is not SHA-256 of the key's SPKI")
+            if (entry["keytype"], entry["scheme"]) != TUF_KEYTYPE[key.algorithm]:
+                raise ValueError(f"key {keyid[:16]}: keytype/scheme do not match the key")
+            keys[keyid] = key
+        roles: dict[str, Role] = {}
+        if set(signed["roles"]) != set(ROLES):
+            raise ValueError(f"roles must be exactly {', '.join(ROLES)}")
+        for name, entry in signed["roles"].items():
+            keyids = entry["keyids"]
+            threshold = entry["threshold"]
+            if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+                raise ValueError(f"role {name}: threshold must be an integer of at least 1")
+            if len(set(keyids)) != len(keyids):
+                raise ValueError(f"role {name}: duplicate keyids")
+            unknown = [k for k in keyids if k not in keys]
+            if unknown:
+                raise ValueError(f"role {name}: keyid {unknown[0][:16]} is not in keys")
+            hybrid = entry.get(HYBRID_FIELD, False)
+            if not isinstance(hybrid, bool):
+                raise ValueError(f"role {name}: {HYBRID_FIELD} must be true or false")
+            roles[name] = Role(name, tuple(keyids), threshold, hybrid)
+        signatures: list[tuple[str, bytes]] = []
+        for entry in doc["signatures"]:
+            keyid, sig = entry["keyid"], entry["sig"]
+            if any(k == keyid for k, _ in signatures):
+                raise ValueError(f"key {keyid[:16]} signs more than once")
+            signatures.append((keyid, bytes.fromhex(sig)))
+        return cls(signed, tuple(signatures), keys, roles, version, expires, source)
+
+    # -- checks -------------------------------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the canonical signed part: names exactly this root version."""
+        return hashlib.sha256(canonical(self.signed)).hexdigest()
+
+    def role_keys(self, role: str) -> dict[str, PublicKey]:
+        return {k: self.keys[k] for k in self.roles[role].keyids}
+
+    def check_role(self, role: str, signers: Sequence[PublicKey]) -> RoleCheck:
+        allowed = set(self.roles[role].keyids)
+        distinct = {k.keyid: k for k in signers if k.keyid in allowed}
+        return RoleCheck(self.roles[role], tuple(distinct.values()))
+
+    def self_signers(self, by: TrustRoot | None = None) -> RoleCheck:
+        """Valid signatures on this root by `by`'s root role (default: its own)."""
+        judge = by or self
+        message = canonical(self.signed)
+        keys = judge.role_keys("root")
+        good = [keys[k] for k, sig in self.signatures if k in keys and keys[k].verify(sig, message)]
+        return judge.check_role("root", good)
+
+    def check(self, now: datetime) -> None:
+        """Refuse an expired root or one its own root role has not signed to threshold."""
+        if now >= self.expires:
+            raise TrustError(
+                f"{self.source}: trust root version {self.version} expired at {format_time(self.expires)}"
+            )
+        signers = self.self_signers()
+        if not signers.met:
+            raise TrustError(f"{self.source}: trust root not signed by its root role: {signers.explain()}")
+
+
+def sign_document(
+    signed: Mapping[str, Any], keys: Sequence[SigningKey], existing: Sequence[Mapping[str, str]] = ()
+) -> bytes:
+    """Serialise a root with signatures by `keys` (each at most once) added to `existing`."""
+    message = canonical(signed)
+    signatures = [dict(s) for s in existing]
+    seen = {s["keyid"] for s in signatures}
+    for key in keys:
+        if key.keyid in seen:
+            raise UsageError(f"key {key.keyid[:16]} has already signed this root")
+        seen.add(key.keyid)
+        signatures.append({"keyid": key.keyid, "sig": key.sign(message).hex()})
+    return (
+        json.dumps({"signatures": signatures, "signed": signed}, indent=2, sort_keys=True) + "\n"
+    ).encode()
+
+
+def default_expiry(now: datetime, days: int) -> datetime:
+    if days < 1:
+        raise UsageError("--expires must be at least 1 day")
+    return (now + timedelta(days=days)).replace(microsecond=0)
