@@ -1,0 +1,218 @@
+"""The signed statement: an in-toto Statement v1 whose predicate describes a bundle.
+
+`BundleStatement.to_payload` and `BundleStatement.from_payload` are the only writer and
+reader of the format; parsing is strict (unknown or missing fields are errors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from enclave.bundle.digest import chunk_count, combine
+from enclave.bundle.tarformat import ENVELOPE_NAME, check_name, collision_key
+from enclave.errors import IntegrityError, UnsafeArchiveError
+from enclave.trust.root import canonical, parse_time
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "urn:enclave:predicate:bundle:v1"
+KINDS = ("model", "image", "playbooks", "agent", "policy", "files", "wheelhouse", "trust")
+MODES = {"0644": 0o644, "0755": 0o755}
+HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
+MIN_CHUNK, MAX_CHUNK = 1 << 20, 1 << 30
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    size: int
+    mode: int
+    digest: str  # hex; for a multi-chunk file, defined from `chunks` (digest.combine)
+    chunks: tuple[str, ...] = ()  # hex per chunk, only for files of more than one chunk
+
+    def chunk_digests(self) -> tuple[str, ...]:
+        return self.chunks or (self.digest,)
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    name: str
+    kind: str
+    members: tuple[str, ...]
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class BundleStatement:
+    name: str
+    version: str
+    created: str
+    digest: str
+    chunk_size: int
+    components: tuple[ComponentEntry, ...]
+    members: tuple[Member, ...]  # archive order, after the envelope
+    extra: dict[str, Any] = field(default_factory=dict)  # optional predicate fields (base, volumes)
+
+    @property
+    def mtime(self) -> int:
+        return int(parse_time(self.created).timestamp())
+
+    @property
+    def total_size(self) -> int:
+        return sum(m.size for m in self.members)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Position of each member in archive order."""
+        return {m.name: i for i, m in enumerate(self.members)}
+
+    def to_dict(self) -> dict[str, Any]:
+        predicate: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "created": self.created,
+            "digest": self.digest,
+            "chunkSize": self.chunk_size,
+            "components": [
+                {"name": c.name, "kind": c.kind, "members": list(c.members)}
+                | ({"format": c.format} if c.format else {})
+                for c in self.components
+            ],
+            "members": [
+                {"name": m.name, "size": m.size, "mode": f"{m.mode:04o}"}
+                | ({"chunks": list(m.chunks)} if m.chunks else {})
+                for m in self.members
+            ],
+        } | self.extra
+        return {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": m.name, "digest": {self.digest: m.digest}} for m in self.members],
+            "predicateType": PREDICATE_TYPE,
+            "predicate": predicate,
+        }
+
+    def to_payload(self) -> bytes:
+        return canonical(self.to_dict())
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> BundleStatement:
+        try:
+            doc = json.loads(payload)
+            return _parse(doc)
+        except UnsafeArchiveError:
+            raise
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{ENVELOPE_NAME}: invalid statement: {exc}") from None
+
+
+def _fields(obj: Any, required: set[str], optional: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be an object")
+    missing, unknown = required - set(obj), set(obj) - required - optional
+    if missing or unknown:
+        raise ValueError(f"{where}: missing {sorted(missing)} / unknown {sorted(unknown)} fields")
+    return obj
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{where} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string")
+    return value
+
+
+def _hex(value: Any, algorithm: str, where: str) -> str:
+    text = _str(value, where)
+    if len(text) != HEX_LENGTH[algorithm] or text.strip("0123456789abcdef"):
+        raise ValueError(f"{where} is not a lowercase hex {algorithm} digest")
+    return text
+
+
+def _parse(doc: Any) -> BundleStatement:
+    _fields(doc, {"_type", "subject", "predicateType", "predicate"}, set(), "statement")
+    if doc["_type"] != STATEMENT_TYPE or doc["predicateType"] != PREDICATE_TYPE:
+        raise ValueError(f"not an enclave bundle statement ({doc['predicateType']!r})")
+    pred = _fields(
+        doc["predicate"],
+        {"name", "version", "created", "digest", "chunkSize", "components", "members"},
+        {"base", "volumes"},
+        "predicate",
+    )
+    algorithm = _str(pred["digest"], "predicate.digest")
+    if algorithm not in HEX_LENGTH:
+        raise ValueError(f"unsupported digest {algorithm!r}")
+    chunk_size = _int(pred["chunkSize"], "predicate.chunkSize", MIN_CHUNK, MAX_CHUNK)
+    if chunk_size & (chunk_size - 1):
+        raise ValueError("predicate.chunkSize must be a power of two")
+    parse_time(_str(pred["created"], "predicate.created"))
+    subjects = doc["subject"]
+    if not isinstance(subjects, list) or not isinstance(pred["members"], list):
+        raise ValueError("subject and predicate.members must be lists")
+    if len(subjects) != len(pred["members"]):
+        raise ValueError("subject and predicate.members differ in length")
+    members: list[Member] = []
+    keys: set[str] = set()
+    for index, (subject, entry) in enumerate(zip(subjects, pred["members"], strict=True)):
+        where = f"predicate.members[{index}]"
+        _fields(subject, {"name", "digest"}, set(), f"subject[{index}]")
+        _fields(entry, {"name", "size", "mode"}, {"chunks"}, where)
+        name = _str(entry["name"], f"{where}.name")
+        if subject["name"] != name:
+            raise ValueError(f"subject[{index}] and {where} name different members")
+        check_name(name)
+        if name == ENVELOPE_NAME or collision_key(name) in keys:
+            raise UnsafeArchiveError(f"member {name!r}: listed twice or colliding in the statement")
+        keys.add(collision_key(name))
+        digests = _fields(subject["digest"], {algorithm}, set(), f"subject[{index}].digest")
+        digest = _hex(digests[algorithm], algorithm, f"subject[{index}].digest")
+        size = _int(entry["size"], f"{where}.size", 0, 1 << 50)
+        mode = MODES.get(_str(entry["mode"], f"{where}.mode"))
+        if mode is None:
+            raise ValueError(f"{where}.mode must be one of {', '.join(MODES)}")
+        chunks: tuple[str, ...] = ()
+        expected_chunks = chunk_count(size, chunk_size)
+        if expected_chunks > 1:
+            raw = entry.get("chunks")
+            if not isinstance(raw, list) or len(raw) != expected_chunks:
+                raise ValueError(f"{where}.chunks must list {expected_chunks} chunk digests")
+            chunks = tuple(_hex(c, algorithm, f"{where}.chunks") for c in raw)
+            defined = combine(algorithm, chunk_size, [bytes.fromhex(c) for c in chunks]).hex()
+            if defined != digest:
+                raise ValueError(f"subject[{index}] digest is not the one its chunks define")
+        elif "chunks" in entry:
+            raise ValueError(f"{where}.chunks given for a single-chunk file")
+        members.append(Member(name, size, mode, digest, chunks))
+    listed = {m.name for m in members}
+    components: list[ComponentEntry] = []
+    for index, entry in enumerate(pred["components"]):
+        where = f"predicate.components[{index}]"
+        _fields(entry, {"name", "kind", "members"}, {"format"}, where)
+        if entry["kind"] not in KINDS:
+            raise ValueError(f"{where}.kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
+        names = tuple(_str(n, f"{where}.members") for n in entry["members"])
+        if any(n not in listed for n in names):
+            raise ValueError(f"{where} names a member that is not in the statement")
+        fmt = entry.get("format")
+        components.append(
+            ComponentEntry(
+                _str(entry["name"], f"{where}.name"), entry["kind"], names, fmt and _str(fmt, where)
+            )
+        )
+    extra: dict[str, Any] = {k: pred[k] for k in ("base", "volumes") if k in pred}
+    return BundleStatement(
+        name=_str(pred["name"], "predicate.name"),
+        version=_str(pred["version"], "predicate.version"),
+        created=pred["created"],
+        digest=algorithm,
+        chunk_size=chunk_size,
+        components=tuple(components),
+        members=tuple(members),
+        extra=extra,
+    )

@@ -1,0 +1,455 @@
+"""Verify a bundle before anything is loaded: signatures first, then one parallel pass.
+
+Order of checks (FORMAT.md, "Verification"):
+1. the trust root itself (expiry at one fixed time, its own signatures);
+2. the first member is the envelope; its signatures meet the `bundle` role (threshold of
+   distinct trusted keys and the hybrid rule) before one byte of content is read;
+3. every following tar header: safe type and name, listed in the statement, in order, the
+   signed size, and byte-identical to the canonical header;
+4. every chunk of every member hashed on all cores; with extraction, a chunk is written
+   to the staging directory only after its digest matched;
+5. the archive ends exactly where the statement says; then the staging directory is
+   published by one rename. Any failure removes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from enclave.bundle.digest import default_workers, hash_range, new_hash
+from enclave.bundle.source import ArchiveSource
+from enclave.bundle.statement import BundleStatement, Member
+from enclave.bundle.tarformat import (
+    BLOCK,
+    ENVELOPE_NAME,
+    check_name,
+    collision_key,
+    member_header,
+    padding,
+    trailer_size,
+)
+from enclave.errors import EnclaveError, IntegrityError, TrustError, UnsafeArchiveError, UsageError
+from enclave.progress import Progress
+from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope, verify_signatures
+from enclave.trust.keys import PublicKey
+from enclave.trust.root import RoleCheck, TrustRoot
+
+MAX_ENVELOPE = 64 * 1024 * 1024
+MAX_EXTENDED_HEADER = 64 * 1024
+DEFAULT_MAX_BYTES = 1 << 42  # 4 TiB: the "endless data" cap; --max-size changes it
+
+
+@dataclass(frozen=True)
+class EnvelopeMember:
+    envelope: Envelope
+    raw: bytes
+    end: int  # offset just past the envelope's data and padding
+
+
+@dataclass
+class VerifyResult:
+    bundle: str
+    statement: BundleStatement
+    statement_digest: str  # sha256 of the signed payload
+    signers: tuple[PublicKey, ...]
+    untrusted_keyids: tuple[str, ...]
+    root: TrustRoot
+    checks: list[str] = field(default_factory=list)
+    extracted_to: Path | None = None
+
+
+def _peek_typeflag(source: ArchiveSource, offset: int) -> None:
+    """Refuse oversize extended headers before tarfile reads them into memory."""
+    if offset + BLOCK > source.size:
+        return
+    block = source.read_exact(offset, BLOCK, "a tar header")
+    if block[156:157] in (b"x", b"g", b"L", b"K"):
+        try:
+            size = int(block[124:136].rstrip(b"\x00 ") or b"0", 8)
+        except ValueError:
+            return  # tarfile will reject the header itself
+        if size > MAX_EXTENDED_HEADER:
+            raise UnsafeArchiveError(
+                f"{source.locate(offset)}: extended tar header of {size} bytes at offset {offset}"
+            )
+
+
+def _check_type(info: tarfile.TarInfo) -> None:
+    if info.isreg():
+        return
+    kind = (
+        "symlink" if info.issym() else
+        "hardlink" if info.islnk() else
+        "device" if info.isdev() else
+        "directory" if info.isdir() else
+        "FIFO" if info.isfifo() else
+        f"type {info.type!r}"
+    )  # fmt: skip
+    raise UnsafeArchiveError(f"member {info.name!r}: {kind} members are not allowed")
+
+
+def open_archive(source: ArchiveSource) -> tarfile.TarFile:
+    _peek_typeflag(source, 0)
+    try:
+        return tarfile.open(fileobj=source.open(), mode="r:")
+    except tarfile.TarError as exc:
+        raise IntegrityError(f"{source.name}: not a bundle (tar: {exc})") from None
+
+
+def _check_header(source: ArchiveSource, info: tarfile.TarInfo, mode: int, mtime: int) -> None:
+    expected = member_header(info.name, info.size, mode, mtime)
+    actual = source.read_exact(info.offset, info.offset_data - info.offset, "a tar header")
+    if actual != expected:
+        raise IntegrityError(
+            f"member {info.name!r}: tar header is not the canonical one (unsigned fields changed)"
+        )
+    pad = padding(info.size)
+    if pad and source.read_exact(info.offset_data + info.size, pad, "padding") != b"\x00" * pad:
+        raise IntegrityError(f"member {info.name!r}: non-zero padding after its data")
+
+
+def read_envelope(source: ArchiveSource, tar: tarfile.TarFile | None = None) -> EnvelopeMember:
+    """The first member, which must be the DSSE envelope; checked for shape, not trust."""
+    tar = tar or open_archive(source)
+    info = tar.next()  # tarfile has read the first header already; this hands it over
+    if info is None:
+        raise TrustError(f"{source.name}: empty archive: no {ENVELOPE_NAME}")
+    _check_type(info)
+    if info.name != ENVELOPE_NAME:
+        raise TrustError(
+            f"{source.name}: first member is {info.name!r}, not {ENVELOPE_NAME}: no signatures to check"
+        )
+    if info.size > MAX_ENVELOPE:
+        raise UnsafeArchiveError(f"{ENVELOPE_NAME}: {info.size} bytes exceeds the {MAX_ENVELOPE} byte cap")
+    if info.offset_data + info.size > source.size:
+        raise IntegrityError(f"{source.name}: truncated inside {ENVELOPE_NAME}")
+    raw = source.read_exact(info.offset_data, info.size, ENVELOPE_NAME)
+    envelope = Envelope.from_json(raw, ENVELOPE_NAME)
+    if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
+        raise TrustError(
+            f"{ENVELOPE_NAME}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}"
+        )
+    end = info.offset_data + info.size + padding(info.size)
+    return EnvelopeMember(envelope, raw, end)
+
+
+def check_signatures(envelope: Envelope, root: TrustRoot) -> RoleCheck:
+    """The `bundle` role's rule over this envelope; raises TrustError when it is not met."""
+    verified = verify_signatures(envelope, root.role_keys("bundle"))
+    check = root.check_role("bundle", verified.keys)
+    if not check.met:
+        unknown = [s.keyid[:16] for s in envelope.signatures if s.keyid not in root.role_keys("bundle")]
+        bad = len(envelope.signatures) - len(verified.keys) - len(unknown)
+        detail = f"; untrusted keys: {', '.join(unknown)}" if unknown else ""
+        detail += f"; {bad} invalid signature(s) by trusted keys" if bad else ""
+        raise TrustError(f"{ENVELOPE_NAME}: bundle signatures not accepted: {check.explain()}{detail}")
+    return check
+
+
+class _ContentCheck:
+    """Schedules chunk checks on a thread pool, bounded in memory, and records the first failure."""
+
+    def __init__(
+        self,
+        source: ArchiveSource,
+        statement: BundleStatement,
+        staging: Path | None,
+        workers: int,
+        progress: Progress | None,
+    ) -> None:
+        self.source = source
+        self.statement = statement
+        self.staging = staging
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.window = threading.BoundedSemaphore(workers * 2)
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.remaining: dict[str, int] = {}
+        self.failure: EnclaveError | None = None
+        self.futures: list[Future[None]] = []
+        self.progress = progress
+
+    def submit_member(self, member: Member, data_offset: int) -> None:
+        digests = member.chunk_digests()
+        target = self.staging / member.name if self.staging else None
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.ftruncate(fd, member.size)
+                if member.size == 0:
+                    os.fchmod(fd, member.mode)
+            finally:
+                os.close(fd)
+        self.remaining[member.name] = len(digests)
+        chunk = self.statement.chunk_size
+        for index, expected in enumerate(digests):
+            if self.failure is not None:
+                return
+            length = min(chunk, member.size - index * chunk)
+            self.window.acquire()
+            args = (member, index, data_offset + index * chunk, length, expected, target)
+            self.futures.append(self.pool.submit(self._check, *args))
+
+    def _buffer(self, length: int) -> memoryview:
+        buffer: bytearray | None = getattr(self.local, "buffer", None)
+        if buffer is None or len(buffer) < length:
+            buffer = bytearray(max(length, 1))
+            self.local.buffer = buffer
+        return memoryview(buffer)[:length]
+
+    def _check(
+        self, member: Member, index: int, offset: int, length: int, expected: str, target: Path | None
+    ) -> None:
+        try:
+            if self.failure is not None:
+                return
+            if target is None:
+                digest = hash_range(self.source.pread_into, offset, length, self.statement.digest)
+            else:
+                view = self._buffer(length)
+                if self.source.pread_into(view, offset) != length:
+                    raise IntegrityError(
+                        f"{self.source.locate(offset)}: truncated inside member {member.name!r}"
+                    )
+                h = new_hash(self.statement.digest)
+                h.update(view)
+                digest = h.digest()
+            if digest.hex() != expected:
+                where = f"chunk {index} " if member.chunks else ""
+                volume = f" [in {self.source.locate(offset).name}]" if len(self.source.paths) > 1 else ""
+                raise IntegrityError(f"member {member.name!r}: {where}digest mismatch{volume}")
+            if target is not None:
+                self._write(target, member, index, view)
+            if self.progress is not None:
+                self.progress(length)
+        except EnclaveError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(IntegrityError(f"member {member.name!r}: {exc.strerror or exc}"))
+        finally:
+            self.window.release()
+
+    def _write(self, target: Path, member: Member, index: int, view: memoryview) -> None:
+        """Write one verified chunk; the member's last chunk also sets its mode and syncs it."""
+        fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            position = index * self.statement.chunk_size
+            while view:
+                written = os.pwrite(fd, view, position)
+                view, position = view[written:], position + written
+            with self.lock:
+                self.remaining[member.name] -= 1
+                last = self.remaining[member.name] == 0
+            if last:
+                os.fchmod(fd, member.mode)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fail(self, error: EnclaveError) -> None:
+        with self.lock:
+            self.failure = self.failure or error
+
+    def finish(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.failure is not None:
+            raise self.failure
+
+    def abort(self) -> None:
+        self._fail(IntegrityError("verification aborted"))
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _walk_members(
+    source: ArchiveSource, tar: tarfile.TarFile, statement: BundleStatement, content: _ContentCheck
+) -> int:
+    """Check every header after the envelope and schedule its chunks; returns the end offset."""
+    seen: dict[str, str] = {ENVELOPE_NAME.casefold(): ENVELOPE_NAME}
+    expected = 0
+    end = tar.offset
+    while True:
+        if content.failure is not None:
+            return end
+        _peek_typeflag(source, tar.offset)
+        try:
+            info = tar.next()
+        except tarfile.TarError as exc:
+            raise IntegrityError(
+                f"{source.locate(tar.offset)}: corrupt tar header at offset {tar.offset}: {exc}"
+            ) from None
+        if info is None:
+            break
+        _check_type(info)
+        check_name(info.name)
+        key = collision_key(info.name)
+        if key in seen:
+            raise UnsafeArchiveError(f"member {info.name!r}: duplicate of (or collides with) {seen[key]!r}")
+        seen[key] = info.name
+        index = statement.index.get(info.name)
+        if index is None:
+            raise IntegrityError(f"member {info.name!r}: not in the signed statement (extra member)")
+        if index != expected:
+            missing = statement.members[expected].name
+            raise IntegrityError(
+                f"member {missing!r}: missing or out of order (found {info.name!r} in its place)"
+            )
+        member = statement.members[index]
+        if info.size != member.size:
+            raise IntegrityError(
+                f"member {info.name!r}: size {info.size} in the archive, {member.size} signed"
+            )
+        if info.offset_data + info.size > source.size:
+            raise IntegrityError(f"{source.locate(source.size - 1)}: truncated inside member {info.name!r}")
+        _check_header(source, info, member.mode, statement.mtime)
+        content.submit_member(member, info.offset_data)
+        expected += 1
+        end = info.offset_data + info.size + padding(info.size)
+    if expected < len(statement.members):
+        raise IntegrityError(
+            f"member {statement.members[expected].name!r}: signed but missing from the archive"
+        )
+    return end
+
+
+def _check_trailer(source: ArchiveSource, end: int) -> None:
+    want = trailer_size(end)
+    if source.size < end + want:
+        raise IntegrityError(
+            f"{source.locate(source.size - 1)}: truncated (end-of-archive marker incomplete)"
+        )
+    if source.size > end + want:
+        raise IntegrityError(
+            f"{source.locate(source.size - 1)}: {source.size - end - want} unexpected bytes after the archive"
+        )
+    if source.read_exact(end, want, "the end-of-archive marker") != b"\x00" * want:
+        raise IntegrityError(f"{source.locate(end)}: non-zero bytes in the end-of-archive marker")
+
+
+def _staging_dir(target: Path, needed: int) -> Path:
+    if target.exists() or target.is_symlink():
+        raise UsageError(f"{target}: already exists; --extract-to needs a new directory")
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise UsageError(f"{parent}: {needed} bytes needed to extract, {free} free")
+    _remove_stale_staging(parent, target.name)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=parent))
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Remove staging directories left by a verifier that was killed (its PID is gone)."""
+    for candidate in parent.glob(f".{name}.staging-*"):
+        pid = candidate.name.split("-")[-2] if candidate.name.count("-") >= 2 else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _publish(staging: Path, target: Path, envelope_raw: bytes) -> None:
+    (staging / ENVELOPE_NAME).write_bytes(envelope_raw)
+    os.chmod(staging / ENVELOPE_NAME, 0o644)
+    for directory in sorted({p for p in staging.rglob("*") if p.is_dir()} | {staging}, reverse=True):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.chmod(staging, 0o755)
+    if target.exists():
+        raise UsageError(f"{target}: appeared during verification; not replaced")
+    os.rename(staging, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_archive(
+    source: ArchiveSource,
+    tar: tarfile.TarFile,
+    statement: BundleStatement,
+    staging: Path | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+) -> None:
+    """Everything after the envelope: headers, order, sizes, chunk digests, the exact end.
+
+    With `staging`, verified chunks are written there (and only verified chunks).
+    """
+    progress = Progress("verify", statement.total_size) if show_progress else None
+    content = _ContentCheck(source, statement, staging, workers or default_workers(), progress)
+    try:
+        try:
+            end = _walk_members(source, tar, statement, content)
+            _check_trailer(source, end)
+        except BaseException:
+            content.abort()
+            raise
+        content.finish()
+    finally:
+        if progress is not None:
+            progress.finish()
+
+
+def verify_bundle(
+    paths: Sequence[Path],
+    root: TrustRoot,
+    now: datetime,
+    extract_to: Path | None = None,
+    workers: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    show_progress: bool = True,
+) -> VerifyResult:
+    """Verify a bundle (one file or its volumes in order) against `root`, as of `now`."""
+    root.check(now)
+    with ArchiveSource(paths) as source:
+        tar = open_archive(source)
+        member = read_envelope(source, tar)
+        check = check_signatures(member.envelope, root)
+        statement = BundleStatement.from_payload(member.envelope.payload)
+        result = VerifyResult(
+            bundle=source.name,
+            statement=statement,
+            statement_digest=hashlib.sha256(member.envelope.payload).hexdigest(),
+            signers=check.signers,
+            untrusted_keyids=tuple(
+                s.keyid for s in member.envelope.signatures if s.keyid not in {k.keyid for k in check.signers}
+            ),
+            root=root,
+            checks=[
+                f"trust root v{root.version} valid until {root.signed['expires']}",
+                f"signatures: {check.explain()}",
+            ],
+        )
+        if statement.total_size > max_bytes:
+            raise UnsafeArchiveError(
+                f"{ENVELOPE_NAME}: {statement.total_size} bytes of content exceed the {max_bytes} byte cap"
+            )
+        staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
+        try:
+            check_archive(source, tar, statement, staging, workers, show_progress)
+            result.checks += [
+                f"archive: {len(statement.members)} members, canonical headers, exact end",
+                f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",
+            ]
+            if staging is not None and extract_to is not None:
+                _publish(staging, extract_to, member.raw)
+                staging = None
+                result.extracted_to = extract_to
+                result.checks.append(f"published {extract_to}")
+        finally:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+    return result

@@ -1,0 +1,336 @@
+"""The `enclave` command: parses arguments, calls the library, maps errors to exit codes.
+
+Every command takes --json (machine-readable stdout) and --debug (tracebacks for bugs).
+Errors are one line on stderr; the exit code is the error's (enclave.errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from enclave import __version__
+from enclave.errors import EnclaveError, UsageError
+
+Result = tuple[str, Any]  # (human text, JSON document)
+Handler = Callable[[argparse.Namespace], Result]
+
+
+def _now(args: argparse.Namespace) -> datetime:
+    at = getattr(args, "at", None)
+    if at:
+        from enclave.trust.root import parse_time
+
+        try:
+            return parse_time(at)
+        except ValueError as exc:
+            raise UsageError(f"--at: {exc}") from None
+    return datetime.now(UTC)
+
+
+# -- keys -------------------------------------------------------------------------------------
+def cmd_keys_generate(args: argparse.Namespace) -> Result:
+    from enclave.trust.keys import SigningKey, read_passphrase
+
+    passphrase = None if args.no_passphrase else read_passphrase(f"passphrase for {args.out}: ", confirm=True)
+    key = SigningKey.generate(args.algorithm)
+    public = key.write(Path(args.out), passphrase)
+    doc = {"private": args.out, "public": str(public), "algorithm": args.algorithm, "keyid": key.keyid}
+    return f"{args.algorithm} key {key.keyid[:16]}: {args.out} (private, 0600), {public}", doc
+
+
+# -- trust ------------------------------------------------------------------------------------
+def _thresholds(values: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for value in values:
+        role, _, number = value.partition("=")
+        if not number.isdigit():
+            raise UsageError(f"--threshold {value!r}: expected ROLE=N")
+        out[role] = int(number)
+    return out
+
+
+def cmd_trust_init(args: argparse.Namespace) -> Result:
+    from enclave.trust.keys import PublicKey, SigningKey
+    from enclave.trust.root import ROLES, TrustRoot, default_expiry, sign_document
+
+    role_keys = {
+        "root": [PublicKey.load(Path(p)) for p in args.root_key],
+        "bundle": [PublicKey.load(Path(p)) for p in args.bundle_key],
+        "approver": [PublicKey.load(Path(p)) for p in args.approver_key],
+        "audit": [PublicKey.load(Path(p)) for p in args.audit_key],
+    }
+    thresholds = _thresholds(args.threshold)
+    unknown = set(thresholds) - set(ROLES)
+    if unknown:
+        raise UsageError(f"--threshold: unknown role {sorted(unknown)[0]!r} (roles: {', '.join(ROLES)})")
+    signed = TrustRoot.create(
+        role_keys,
+        thresholds,
+        default_expiry(datetime.now(UTC), args.expires),
+        hybrid_roles=() if args.no_hybrid else ("bundle",),
+    )
+    signers = [SigningKey.load(Path(p)) for p in args.sign]
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"{out}: already exists; refusing to overwrite a trust root")
+    out.write_bytes(sign_document(signed, signers))
+    root = TrustRoot.load(out)
+    try:
+        root.check(datetime.now(UTC))
+    except EnclaveError:
+        out.unlink()
+        raise
+    return (
+        f"trust root v{root.version} written to {out} (expires {signed['expires']})",
+        {
+            "path": str(out),
+            "version": root.version,
+            "digest": root.digest,
+            "expires": signed["expires"],
+        },
+    )
+
+
+def cmd_trust_show(args: argparse.Namespace) -> Result:
+    from enclave.trust.root import ROLES, TrustRoot
+
+    root = TrustRoot.load(Path(args.root))
+    doc: dict[str, Any] = {
+        "path": args.root,
+        "version": root.version,
+        "expires": root.signed["expires"],
+        "digest": root.digest,
+        "roles": {},
+    }
+    lines = [
+        f"{args.root}: trust root v{root.version}, expires {root.signed['expires']}, sha256 {root.digest}"
+    ]
+    for name in ROLES:
+        role = root.roles[name]
+        keys = [{"keyid": k, "scheme": root.keys[k].scheme} for k in role.keyids]
+        doc["roles"][name] = {"threshold": role.threshold, "hybrid": role.hybrid, "keys": keys}
+        rule = " (hybrid: 1 classical + 1 post-quantum)" if role.hybrid else ""
+        lines.append(f"  {name}: threshold {role.threshold} of {len(keys)}{rule}")
+        lines += [f"    {k['keyid'][:16]}  {k['scheme']}" for k in keys]
+    try:
+        root.check(_now(args))
+        doc["valid"], status = True, "signatures valid, not expired"
+    except EnclaveError as exc:
+        doc["valid"], status = False, f"NOT VALID: {exc}"
+    lines.append(f"  status: {status}")
+    return "\n".join(lines), doc
+
+
+# -- bundle -----------------------------------------------------------------------------------
+def _load_keys(paths: Sequence[str]) -> list[Any]:
+    from enclave.trust.keys import SigningKey
+
+    return [SigningKey.load(Path(p)) for p in paths]
+
+
+def cmd_bundle_build(args: argparse.Namespace) -> Result:
+    from enclave.bundle.build import build_bundle
+
+    if args.volume_size or args.base:
+        raise UsageError("--volume-size and --base are not available in this version")
+    path = build_bundle(
+        Path(args.manifest), Path(args.out), _load_keys(args.key), args.digest, show_progress=True
+    )
+    return str(path), {"bundle": str(path)}
+
+
+def cmd_bundle_sign(args: argparse.Namespace) -> Result:
+    from enclave.bundle.build import sign_bundle
+
+    (key,) = _load_keys([args.key])
+    envelope = sign_bundle(Path(args.bundle), key)
+    keyids = [s.keyid for s in envelope.signatures]
+    return f"{args.bundle}: signed by {key.keyid[:16]}; {len(keyids)} signatures", {
+        "bundle": args.bundle,
+        "signatures": keyids,
+    }
+
+
+def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
+    from enclave.bundle.inspect import inspect_bundle
+    from enclave.trust.root import TrustRoot
+
+    root = TrustRoot.load(Path(args.trust)) if args.trust else None
+    doc = inspect_bundle([Path(args.bundle)], root)
+    lines = [
+        f"{doc['bundle']}: {doc['name']} {doc['version']}, created {doc['created']}, {doc['size']} bytes",
+        f"  digest {doc['digest']}, chunk size {doc['chunkSize']}",
+        f"  statement sha256 {doc['statementDigest']['sha256']}",
+        "  signatures:",
+    ]
+    for sig in doc["signatures"]:
+        extra = (
+            f"  {sig['algorithm']}  roles={','.join(sig['roles']) or '-'}  valid={sig['valid']}"
+            if root
+            else ""
+        )
+        lines.append(f"    {sig['keyid'][:16]}{extra}")
+    lines.append("  components:")
+    lines += [
+        f"    {c['name']:<16} {c['kind']:<10} {c['files']:>6} files {c['bytes']:>14} bytes"
+        for c in doc["components"]
+    ]
+    lines.append("  members:")
+    lines += [f"    {m['size']:>14}  {m['mode']}  {m['digest'][:24]}  {m['name']}" for m in doc["members"]]
+    return "\n".join(lines), doc
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> Result:
+    from enclave.bundle.verify import verify_bundle
+    from enclave.trust.root import TrustRoot
+
+    root = TrustRoot.load(Path(args.trust))
+    result = verify_bundle(
+        [Path(args.bundle)],
+        root,
+        _now(args),
+        extract_to=Path(args.extract_to) if args.extract_to else None,
+    )
+    statement = result.statement
+    doc = {
+        "bundle": result.bundle,
+        "name": statement.name,
+        "version": statement.version,
+        "result": "verified",
+        "statementDigest": {"sha256": result.statement_digest},
+        "signers": [{"keyid": k.keyid, "scheme": k.scheme} for k in result.signers],
+        "trustRoot": {"version": root.version, "digest": root.digest},
+        "checks": result.checks,
+        "extractedTo": str(result.extracted_to) if result.extracted_to else None,
+    }
+    lines = [f"{result.bundle}: {statement.name} {statement.version} verified"] + [
+        f"  ok  {c}" for c in result.checks
+    ]
+    return "\n".join(lines), doc
+
+
+def cmd_bundle_digest(args: argparse.Namespace) -> Result:
+    from enclave.bundle.digest import digest_files
+    from enclave.bundle.manifest import DEFAULT_CHUNK_SIZE, parse_size
+
+    chunk = parse_size(args.chunk_size, "--chunk-size") if args.chunk_size else DEFAULT_CHUNK_SIZE
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: not a regular file")
+    (result,) = digest_files([path], args.digest, chunk)
+    return f"{args.digest}:{result.digest.hex()}  {path}", {
+        "file": str(path),
+        "size": result.size,
+        "digest": {args.digest: result.digest.hex()},
+        "chunkSize": chunk,
+        "chunks": len(result.chunks),
+    }
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+    parser = argparse.ArgumentParser(prog="enclave", description=__doc__, parents=[common])
+    parser.add_argument("--version", action="version", version=f"enclave {__version__}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def sub(group: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common], help=help_text, description=help_text
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    keys = top.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
+    p = sub(keys, "generate", cmd_keys_generate, "generate a PKCS#8 private key and PATH.pub")
+    p.add_argument("--algorithm", required=True, choices=["ecdsa-p384", "ml-dsa-87"])
+    p.add_argument("--out", required=True, metavar="PATH")
+    p.add_argument("--no-passphrase", action="store_true", help="write the private key unencrypted")
+
+    trust = top.add_parser("trust", help="the trust root (root.json)").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(trust, "init", cmd_trust_init, "create and sign a new trust root")
+    p.add_argument("--out", required=True)
+    for role in ("root", "bundle", "approver", "audit"):
+        p.add_argument(f"--{role}-key", action="append", default=[], metavar="PUB")
+    p.add_argument("--threshold", action="append", default=[], metavar="ROLE=N")
+    p.add_argument("--expires", type=int, default=365, metavar="DAYS")
+    p.add_argument("--sign", action="append", required=True, metavar="KEY")
+    p.add_argument(
+        "--no-hybrid", action="store_true", help="do not require classical + post-quantum for bundles"
+    )
+    p = sub(trust, "show", cmd_trust_show, "show a trust root and check it")
+    p.add_argument("root")
+    p.add_argument("--at", metavar="TIME", help="check as of TIME (YYYY-MM-DDTHH:MM:SSZ)")
+
+    bundle = top.add_parser("bundle", help="build, sign, inspect, verify bundles").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(bundle, "build", cmd_bundle_build, "build and sign a bundle from a manifest")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--key", action="append", required=True, metavar="KEY")
+    p.add_argument("--digest", choices=["sha256", "sha384", "sha512"])
+    p.add_argument("--volume-size", metavar="SIZE")
+    p.add_argument("--base", metavar="OLD")
+    p = sub(bundle, "sign", cmd_bundle_sign, "check a bundle's content and add a co-signature")
+    p.add_argument("bundle")
+    p.add_argument("--key", required=True, metavar="KEY")
+    p = sub(bundle, "inspect", cmd_bundle_inspect, "show what a bundle holds (no trust decision)")
+    p.add_argument("bundle")
+    p.add_argument("--trust", metavar="ROOT", help="label signatures against this trust root")
+    p = sub(bundle, "verify", cmd_bundle_verify, "verify signatures and every byte; optionally extract")
+    p.add_argument("bundle")
+    p.add_argument("--trust", required=True, metavar="ROOT")
+    p.add_argument("--state-dir", metavar="DIR", default="/var/lib/enclave")
+    p.add_argument(
+        "--extract-to", metavar="DIR", help="a new directory; it appears only when every check passed"
+    )
+    p.add_argument("--receipt", metavar="PATH")
+    p.add_argument("--at", metavar="TIME", help="verify as of TIME (YYYY-MM-DDTHH:MM:SSZ)")
+    p = sub(bundle, "digest", cmd_bundle_digest, "print the bundle-format digest of a loose file")
+    p.add_argument("file")
+    p.add_argument("--digest", default="sha384", choices=["sha256", "sha384", "sha512"])
+    p.add_argument("--chunk-size", metavar="SIZE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        text, doc = args.handler(args)
+    except EnclaveError as exc:
+        print(f"enclave: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("enclave: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"enclave: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    elif text:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
