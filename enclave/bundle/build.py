@@ -245,7 +245,7 @@ def sign_bundle(
         member = read_envelope(source, tar)
         statement = BundleStatement.from_payload(member.envelope.payload)
         check_archive(
-            source, tar, statement, workers=workers or default_workers(), show_progress=show_progress
+            source, tar, member, statement, workers=workers or default_workers(), show_progress=show_progress
         )
         envelope = member.envelope
         envelope.sign(key)

@@ -54,6 +54,7 @@ class EnvelopeMember:
     envelope: Envelope
     raw: bytes
     end: int  # offset just past the envelope's data and padding
+    info: tarfile.TarInfo
 
 
 @dataclass
@@ -140,7 +141,7 @@ def read_envelope(source: ArchiveSource, tar: tarfile.TarFile | None = None) -> 
             f"{ENVELOPE_NAME}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}"
         )
     end = info.offset_data + info.size + padding(info.size)
-    return EnvelopeMember(envelope, raw, end)
+    return EnvelopeMember(envelope, raw, end, info)
 
 
 def check_signatures(envelope: Envelope, root: TrustRoot) -> RoleCheck:
@@ -379,15 +380,17 @@ def _publish(staging: Path, target: Path, envelope_raw: bytes) -> None:
 def check_archive(
     source: ArchiveSource,
     tar: tarfile.TarFile,
+    envelope: EnvelopeMember,
     statement: BundleStatement,
     staging: Path | None = None,
     workers: int | None = None,
     show_progress: bool = True,
 ) -> None:
-    """Everything after the envelope: headers, order, sizes, chunk digests, the exact end.
+    """Everything but the signatures: headers, order, sizes, chunk digests, the exact end.
 
     With `staging`, verified chunks are written there (and only verified chunks).
     """
+    _check_header(source, envelope.info, 0o644, statement.mtime)  # its header was read before trust
     progress = Progress("verify", statement.total_size) if show_progress else None
     content = _ContentCheck(source, statement, staging, workers or default_workers(), progress)
     try:
@@ -439,7 +442,7 @@ def verify_bundle(
             )
         staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
         try:
-            check_archive(source, tar, statement, staging, workers, show_progress)
+            check_archive(source, tar, member, statement, staging, workers, show_progress)
             result.checks += [
                 f"archive: {len(statement.members)} members, canonical headers, exact end",
                 f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",

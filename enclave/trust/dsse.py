@@ -80,9 +80,14 @@ class Envelope:
 
 def _b64(text: str, source: str) -> bytes:
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        data = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise TrustError(f"{source}: invalid base64") from None
+    # Unused trailing bits make base64 malleable ("YQ==" and "YR==" both decode to b"a"):
+    # accept only the canonical encoding so no byte of the envelope goes unchecked.
+    if base64.b64encode(data).decode("ascii") != text:
+        raise TrustError(f"{source}: non-canonical base64")
+    return data
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,119 @@
+"""Shared fixtures: real keys, a real trust root, and a real bundle built from small inputs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from enclave.bundle.build import build_bundle
+from enclave.trust.keys import SigningKey
+from enclave.trust.root import TrustRoot, sign_document
+
+MANIFEST = """\
+apiVersion: enclave/v1
+kind: Bundle
+metadata: {{name: {name}, version: {version}}}
+spec:
+  digest: {digest}
+  chunkSize: 1MiB
+  components:
+    - {{name: weights, kind: model, path: ./weights, format: gguf}}
+    - {{name: policy, kind: policy, path: ./policy.yaml}}
+    - {{name: site, kind: playbooks, path: ./playbooks}}
+"""
+
+
+@dataclass
+class Keys:
+    root: SigningKey
+    ecdsa: SigningKey
+    mldsa: SigningKey
+    ecdsa2: SigningKey
+    stranger: SigningKey
+    dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    directory = tmp_path_factory.mktemp("keys")
+    made = {
+        "root": SigningKey.generate("ecdsa-p384"),
+        "ecdsa": SigningKey.generate("ecdsa-p384"),
+        "mldsa": SigningKey.generate("ml-dsa-87"),
+        "ecdsa2": SigningKey.generate("ecdsa-p384"),
+        "stranger": SigningKey.generate("ecdsa-p384"),
+    }
+    for name, key in made.items():
+        key.write(directory / name, None)
+    return Keys(dir=directory, **made)
+
+
+def make_root(
+    keys: Keys,
+    path: Path,
+    threshold: int = 2,
+    expires: datetime | None = None,
+    bundle: tuple[SigningKey, ...] | None = None,
+    hybrid: bool = True,
+) -> Path:
+    members = bundle or (keys.ecdsa, keys.mldsa, keys.ecdsa2)
+    signed = TrustRoot.create(
+        {"root": [keys.root.public], "bundle": [k.public for k in members]},
+        {"bundle": threshold},
+        expires or datetime.now(UTC) + timedelta(days=30),
+        hybrid_roles=("bundle",) if hybrid else (),
+    )
+    path.write_bytes(sign_document(signed, [keys.root]))
+    return path
+
+
+@pytest.fixture
+def root_path(keys: Keys, tmp_path: Path) -> Path:
+    return make_root(keys, tmp_path / "root.json")
+
+
+def write_inputs(base: Path, weights_size: int = 3 * 1024 * 1024 + 123) -> Path:
+    """A small bundle source tree: a multi-chunk weights file, a policy, some playbooks."""
+    (base / "weights").mkdir(parents=True)
+    (base / "weights" / "model.gguf").write_bytes(os.urandom(weights_size))
+    (base / "weights" / "config.json").write_text('{"layers": 2}\n')
+    (base / "policy.yaml").write_text("rules: []\n")
+    (base / "playbooks" / "roles" / "r").mkdir(parents=True)
+    (base / "playbooks" / "site.yml").write_text("- hosts: all\n")
+    (base / "playbooks" / "roles" / "r" / "main.yml").write_text("---\n")
+    return base
+
+
+BuildFn = Callable[..., Path]
+
+
+@pytest.fixture
+def build(keys: Keys, tmp_path: Path) -> BuildFn:
+    """Build a real bundle; returns its path. Signed by ECDSA + ML-DSA unless told otherwise."""
+    counter = iter(range(1000))
+
+    def _build(
+        signers: tuple[SigningKey, ...] | None = None,
+        digest: str = "sha384",
+        name: str = "demo",
+        version: str = "1.0.0",
+        source: Path | None = None,
+    ) -> Path:
+        n = next(counter)
+        src = source or write_inputs(tmp_path / f"src{n}")
+        manifest = src / "bundle.yaml"
+        if not manifest.exists():
+            manifest.write_text(MANIFEST.format(name=name, version=version, digest=digest))
+        return build_bundle(
+            manifest, tmp_path / f"out{n}", list(signers or (keys.ecdsa, keys.mldsa)), show_progress=False
+        )
+
+    return _build
