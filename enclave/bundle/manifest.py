@@ -134,10 +134,12 @@ def load_manifest(path: Path) -> Manifest:
         raise UsageError(f"{path}:1: manifest must be a YAML mapping")
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    errors = list(validator.iter_errors(doc))
     if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        # best_match prefers shallow errors; an if/then failure is better explained by its cause.
+        # A misspelt key is the likeliest typo and the most useful thing to name, before the
+        # "required" error it also causes; among equals, the deepest field is the most precise.
+        rank = {"additionalProperties": 0, "enum": 1, "const": 1, "pattern": 1, "type": 1, "required": 2}
+        best = min(errors, key=lambda e: (rank.get(str(e.validator), 3), -len(e.absolute_path)))
         field_path, message = _message(best, schema)
         raise UsageError(f"{path}:{_line_of(node, field_path)}: {_field(field_path)}: {message}")
     spec = doc["spec"]

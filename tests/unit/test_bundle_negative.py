@@ -201,8 +201,8 @@ def test_random_byte_flips_never_verify(
     cache = tmp_path_factory.getbasetemp() / "fuzz"
     if not cache.exists():
         cache.mkdir()
-        from tests.conftest import write_inputs
         from enclave.bundle.build import build_bundle
+        from tests.conftest import write_inputs
 
         src = write_inputs(cache / "src", weights_size=1024 * 1024 + 5)
         (src / "bundle.yaml").write_text(
