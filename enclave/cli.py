@@ -234,6 +234,19 @@ def cmd_bundle_digest(args: argparse.Namespace) -> Result:
     }
 
 
+def cmd_demo(args: argparse.Namespace) -> Result:
+    from enclave import demo
+
+    if args.down:
+        demo.down()
+        return "demo work directory removed", {"removed": str(demo.WORK)}
+    report = demo.run(say=(lambda _line: None) if args.json else print)
+    return "", {
+        "steps": [{"step": t, "result": r, "seconds": round(s, 2)} for t, r, s in report.steps],
+        "artefacts": report.artefacts,
+    }
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -303,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--digest", default="sha384", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--chunk-size", metavar="SIZE")
+    p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")
+    p.add_argument("--down", action="store_true", help="remove what the demo made")
     return parser
 
 
