@@ -47,19 +47,17 @@ def test_no_passphrase_only_when_asked(tmp_path: Path, monkeypatch: pytest.Monke
     assert b"BEGIN PRIVATE KEY" in (tmp_path / "b").read_bytes()
 
 
+def _init(keys: Keys, out: Path, *bundle_keys: str) -> list[str]:
+    args = ["trust", "init", "--out", str(out), "--root-key", str(keys.path("root.pub"))]
+    args += ["--sign", str(keys.path("root"))]
+    for name in bundle_keys:
+        args += ["--bundle-key", str(keys.path(f"{name}.pub"))]
+    return args
+
+
 def test_trust_init_and_show(keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "root.json"
-    args = [
-        "trust",
-        "init",
-        "--out",
-        str(out),
-        "--root-key",
-        str(keys.path("root.pub")),
-        "--sign",
-        str(keys.path("root")),
-    ]
-    args += ["--bundle-key", str(keys.path("ecdsa.pub")), "--bundle-key", str(keys.path("mldsa.pub"))]
+    args = _init(keys, out, "ecdsa", "mldsa")
     args += ["--threshold", "bundle=2", "--expires", "10"]
     assert main(args) == 0
     doc = json.loads(out.read_text())
@@ -78,20 +76,7 @@ def test_trust_init_and_show(keys: Keys, tmp_path: Path, capsys: pytest.CaptureF
 
 def test_trust_init_refuses_a_hybrid_role_without_both_kinds(keys: Keys, tmp_path: Path) -> None:
     out = tmp_path / "root.json"
-    code = main(
-        [
-            "trust",
-            "init",
-            "--out",
-            str(out),
-            "--root-key",
-            str(keys.path("root.pub")),
-            "--sign",
-            str(keys.path("root")),
-            "--bundle-key",
-            str(keys.path("ecdsa.pub")),
-        ]
-    )
+    code = main(_init(keys, out, "ecdsa"))
     assert code == 2 and not out.exists()
 
 
