@@ -234,6 +234,26 @@ def cmd_bundle_digest(args: argparse.Namespace) -> Result:
     }
 
 
+def cmd_testbed(args: argparse.Namespace) -> Result:
+    from enclave import testbed
+
+    directory = Path(args.dir)
+    if args.action == "down":
+        testbed.down(directory)
+        return f"testbed in {directory} is down", {"dir": str(directory), "up": False}
+    if args.action == "up":
+        say = None if args.json else (lambda line: print(line, file=sys.stderr))
+        state = testbed.up(directory, args.hosts, progress=say)
+    else:
+        state = testbed.status(directory)
+    lines = [f"testbed {directory}: {'up' if state.up else 'not up'}, inventory {state.inventory}"]
+    lines += [
+        f"  {h.name:<8} {h.address}:{h.port}  running={h.running}  ssh={h.ssh_ok}  {h.system_state}"
+        for h in state.hosts
+    ]
+    return "\n".join(lines), state.to_dict()
+
+
 def cmd_demo(args: argparse.Namespace) -> Result:
     from enclave import demo
 
@@ -316,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--digest", default="sha384", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--chunk-size", metavar="SIZE")
+    testbed = top.add_parser("testbed", help="the local simulated enclave").add_subparsers(
+        dest="action", required=True
+    )
+    for action, text in (
+        ("up", "start N hardened-host containers"),
+        ("down", "remove them"),
+        ("status", "show them"),
+    ):
+        p = sub(testbed, action, cmd_testbed, text)
+        p.add_argument("--dir", default="testbed", help="inventory, SSH key and known_hosts go here")
+        p.add_argument("--hosts", type=int, default=2)
+
     p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")
     p.add_argument("--down", action="store_true", help="remove what the demo made")
     return parser

@@ -46,11 +46,12 @@ def address_of(index: int) -> str:
 
 def up(dir: Path, hosts: int, *, timeout: float = 300.0, progress: Progress | None = None) -> TestbedState:
     """Start `hosts` hosts for the testbed in `dir` (or reuse the ones already there), wait until
-    each one's sshd answers with its pinned host key, write inventory.yml and known_hosts."""
+    each one's sshd answers with its pinned host key, write inventory.yml and known_hosts.
+    `timeout` bounds the boot and SSH wait (not the one-time image build). On failure the
+    hosts are left for inspection: `down` removes them."""
     if not 1 <= hosts <= MAX_HOSTS:
         raise UsageError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
     base = _directory(dir, create=True)
-    deadline = time.monotonic() + timeout
     say = progress or (lambda _msg: None)
     with _engine() as client:
         containers = _containers(client, base)
@@ -67,6 +68,7 @@ def up(dir: Path, hosts: int, *, timeout: float = 300.0, progress: Progress | No
             if container.status != "running":
                 container.start()
         say(f"waiting for {hosts} host(s) to boot")
+        deadline = time.monotonic() + timeout
         lines = []
         for container in containers:
             _wait_booted(container, deadline)

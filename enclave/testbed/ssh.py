@@ -78,6 +78,8 @@ def probe(
 def port_free(address: str, port: int) -> bool:
     """True when nothing listens on address:port (so a host's sshd can bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As sshd does: TIME-WAIT leftovers of an earlier testbed must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError:
