@@ -191,6 +191,8 @@ def cmd_bundle_verify(args: argparse.Namespace) -> Result:
     from enclave.bundle.verify import verify_bundle
     from enclave.trust.root import TrustRoot
 
+    if args.receipt:
+        raise UsageError("--receipt: verification receipts are not available in this version")
     root = TrustRoot.load(Path(args.trust))
     result = verify_bundle(
         [Path(args.bundle)],
