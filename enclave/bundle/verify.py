@@ -280,8 +280,8 @@ def _walk_members(
     expected = 0
     end = tar.offset
     while True:
-        if content.failure is not None:
-            return end
+        if content.failure is not None:  # a chunk already failed: report that, not what follows
+            raise content.failure
         _peek_typeflag(source, tar.offset)
         try:
             info = tar.next()

@@ -18,7 +18,8 @@ def test_demo_runs_the_lifecycle_and_cleans_up() -> None:
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     outcomes = {step["step"]: step["result"] for step in doc["steps"]}
-    assert any("tampered copy refused (exit 3)" in r for r in outcomes.values()), outcomes
+    refusal = next(r for r in outcomes.values() if "tampered copy refused" in r)
+    assert "(exit 3)" in refusal and "content/weights/" in refusal and "digest mismatch" in refusal, refusal
     published = Path(doc["artefacts"]["published content"])
     gguf = published / "content" / "weights" / demo.GGUF
     assert gguf.stat().st_size == demo.model_weights().stat().st_size

@@ -221,3 +221,11 @@ def test_random_byte_flips_never_verify(
     candidate.write_bytes(bytes(blob))
     with pytest.raises(EnclaveError):
         verify_bundle([candidate], root, NOW, show_progress=False)
+
+
+def test_content_flip_names_the_member_and_chunk(build: BuildFn, root_path: Path, tmp_path: Path) -> None:
+    bundle = join(_flip_content(split(build())), tmp_path / "t.bundle")
+    pattern = r"content/weights/model.gguf'?: chunk 1 digest mismatch"
+    with pytest.raises(EnclaveError, match=pattern) as caught:
+        verify_bundle([bundle], TrustRoot.load(root_path), NOW, show_progress=False)
+    assert caught.value.exit_code == 3
