@@ -1,0 +1,212 @@
+"""`enclave gateway serve`: check everything the gateway depends on, then serve.
+
+Start-up is where fail-closed begins: a policy that does not load, an audit key that is not
+in the trust root, hold rules with nobody able to approve them, or an audit log that does
+not verify all stop the gateway before it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+import enclave
+from enclave.errors import PolicyError, TrustError, UsageError
+from enclave.runtime.audit.writer import AuditLog
+from enclave.runtime.gateway.app import Gateway, GatewayConfig
+from enclave.runtime.gateway.normalise import NORMALISATION
+from enclave.runtime.gateway.policy import Policy, load_policy
+from enclave.trust.keys import PublicKey, SigningKey
+from enclave.trust.root import TrustRoot
+
+DEFAULT_LISTEN = "127.0.0.1:8088"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"--listen {listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host.strip("[]"), int(port)
+
+
+def check_upstream(upstream: str) -> str:
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(f"--upstream {upstream!r}: expected http(s)://HOST:PORT of the model server")
+    return upstream.rstrip("/")
+
+
+@dataclass
+class Prepared:
+    config: GatewayConfig
+    start_fields: dict[str, Any]
+    host: str
+    port: int
+
+
+def prepare(
+    policy: Path,
+    upstream: str,
+    audit_log: Path,
+    audit_key: Path,
+    trust: Path | None,
+    listen: str = DEFAULT_LISTEN,
+    *,
+    model_digest: str | None = None,
+    checkpoint_every: int = 1000,
+    checkpoint_seconds: float = 10.0,
+    now: datetime | None = None,
+) -> Prepared:
+    """Everything `serve` checks before listening; raises the typed errors."""
+    host, port = parse_listen(listen)
+    upstream = check_upstream(upstream)
+    loaded = load_policy(policy)
+    signer = SigningKey.load(audit_key)
+    approvers: dict[str, PublicKey] = {}
+    threshold = 1
+    audit_keys = {signer.keyid: signer.public}
+    trust_digest: str | None = None
+    if trust is not None:
+        root = TrustRoot.load(trust)
+        root.check(now or datetime.now(UTC))
+        trust_digest = root.digest
+        audit_keys = root.role_keys("audit")
+        if signer.keyid not in audit_keys:
+            raise TrustError(
+                f"{audit_key}: key {signer.keyid[:16]} is not in the audit role of {trust}; "
+                "its checkpoints would not verify"
+            )
+        approvers = root.role_keys("approver")
+        threshold = root.roles["approver"].threshold
+    _check_approvable(loaded, approvers, threshold, trust)
+    log = AuditLog.open(
+        audit_log,
+        signer,
+        audit_keys=audit_keys,
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    digest = model_digest or "unknown"
+    config = GatewayConfig(
+        policy=loaded,
+        upstream=upstream,
+        audit=log,
+        approvers=approvers,
+        approver_threshold=threshold,
+        model_digest=digest,
+    )
+    start_fields = {
+        "policy_digest": loaded.digest,
+        "policy": loaded.text.decode("utf-8"),
+        "policy_name": loaded.name,
+        "policy_version": loaded.version,
+        "model_digest": digest,
+        "upstream": upstream,
+        "listen": f"{host}:{port}",
+        "trust_root": trust_digest,
+        "approvers": sorted(approvers),
+        "normalisation": NORMALISATION,
+        "enclave_version": enclave.__version__,
+    }
+    return Prepared(config, start_fields, host, port)
+
+
+def _check_approvable(
+    policy: Policy, approvers: dict[str, PublicKey], threshold: int, trust: Path | None
+) -> None:
+    holds = [r for r in policy.rules if r.action == "hold"]
+    if not holds:
+        return
+    if trust is None:
+        raise PolicyError(
+            f"{policy.source}: rule {holds[0].id} holds requests for approval, "
+            "but no --trust root names approvers"
+        )
+    # The requester is an approver too and cannot approve, so one key is always out.
+    needed = max(max(r.approvals for r in holds), threshold)
+    if len(approvers) - 1 < needed:
+        raise PolicyError(
+            f"{policy.source}: hold rules need {needed} approvers besides the requester, "
+            f"but the trust root's approver role has {len(approvers)} keys"
+        )
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.gateway.audit.close({"reason": "stopped"})
+
+
+async def start_gateway(prepared: Prepared) -> RunningGateway:
+    """Start the audit writer (start record + checkpoint), then listen."""
+    await prepared.config.audit.start(prepared.start_fields)
+    gateway = Gateway(prepared.config)
+    runner = web.AppRunner(gateway.application(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, prepared.host, prepared.port, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await prepared.config.audit.close({"reason": f"cannot listen: {exc.strerror}"})
+        raise UsageError(f"cannot listen on {prepared.host}:{prepared.port}: {exc.strerror}") from None
+    addresses = runner.addresses
+    port = int(addresses[0][1]) if addresses else prepared.port
+    host = f"[{prepared.host}]" if ":" in prepared.host else prepared.host
+    return RunningGateway(gateway, runner, f"http://{host}:{port}")
+
+
+def serve(
+    policy: Path,
+    upstream: str,
+    audit_log: Path,
+    audit_key: Path,
+    trust: Path | None = None,
+    listen: str = DEFAULT_LISTEN,
+    *,
+    model_digest: str | None = None,
+    checkpoint_every: int = 1000,
+    checkpoint_seconds: float = 10.0,
+) -> None:
+    """`enclave gateway serve`: blocks until SIGINT/SIGTERM, then writes a final checkpoint."""
+    prepared = prepare(
+        policy,
+        upstream,
+        audit_log,
+        audit_key,
+        trust,
+        listen,
+        model_digest=model_digest,
+        checkpoint_every=checkpoint_every,
+        checkpoint_seconds=checkpoint_seconds,
+    )
+    asyncio.run(_serve(prepared))
+
+
+async def _serve(prepared: Prepared) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    running = await start_gateway(prepared)
+    print(f"enclave gateway listening on {running.url}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()
