@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from enclave.bundle.manifest import parse_size  # noqa: E402
-from enclave.trust.keys import SigningKey  # noqa: E402
-from tests.conftest import Keys, make_root  # noqa: E402
+from enclave.bundle.manifest import parse_size
+from enclave.trust.keys import SigningKey
+from tests.conftest import Keys, make_root
 
 
 def make_weights(directory: Path, sizes: list[int]) -> list[Path]:
@@ -80,7 +80,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir=args.dir))
     try:
         paths = make_weights(work / "weights", sizes)
-        keys = Keys(*(SigningKey.generate(a) for a in ["ecdsa-p384", "ecdsa-p384", "ml-dsa-87", "ecdsa-p384", "ecdsa-p384"]), dir=work)  # type: ignore[arg-type]
+        keys = Keys(
+            *(
+                SigningKey.generate(a)
+                for a in ["ecdsa-p384", "ecdsa-p384", "ml-dsa-87", "ecdsa-p384", "ecdsa-p384"]
+            ),
+            dir=work,
+        )  # type: ignore[arg-type]
         for name in ("ecdsa", "mldsa"):
             getattr(keys, name).write(work / name, None)
         root = make_root(keys, work / "root.json", threshold=2, bundle=(keys.ecdsa, keys.mldsa))
@@ -90,7 +96,8 @@ def main() -> None:
         for algorithm in ("sha256", "sha384"):
             (work / f"{algorithm}.yaml").write_text(
                 "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: bench, version: 1.0.0}\n"
-                f"spec:\n  digest: {algorithm}\n  components:\n    - {{name: weights, kind: model, path: ./weights}}\n"
+                f"spec:\n  digest: {algorithm}\n  components:\n"
+                "    - {name: weights, kind: model, path: ./weights}\n"
             )
             limit, peer, build, verify, extract = [], [], [], [], []
             rss = {"build": 0, "verify": 0, "extract": 0}
@@ -100,16 +107,44 @@ def main() -> None:
                 limit.append(time.perf_counter() - start)
                 peer.append(timed_process([f"{algorithm}sum", *map(str, paths)])[0])
                 out = work / f"out-{algorithm}-{run}"
-                t, m = timed_process([*enclave, "bundle", "build", str(work / f"{algorithm}.yaml"), "--out", str(out), "--key", str(work / "ecdsa")], env)
+                t, m = timed_process(
+                    [
+                        *enclave,
+                        "bundle",
+                        "build",
+                        str(work / f"{algorithm}.yaml"),
+                        "--out",
+                        str(out),
+                        "--key",
+                        str(work / "ecdsa"),
+                    ],
+                    env,
+                )
                 build.append(t)
                 rss["build"] = max(rss["build"], m)
                 bundle = out / "bench-1.0.0.bundle"
-                subprocess.run([*enclave, "bundle", "sign", str(bundle), "--key", str(work / "mldsa")], check=True, capture_output=True)
+                subprocess.run(
+                    [*enclave, "bundle", "sign", str(bundle), "--key", str(work / "mldsa")],
+                    check=True,
+                    capture_output=True,
+                )
                 t, m = timed_process([*enclave, "bundle", "verify", str(bundle), "--trust", str(root)], env)
                 verify.append(t)
                 rss["verify"] = max(rss["verify"], m)
                 target = work / f"x-{algorithm}-{run}"
-                t, m = timed_process([*enclave, "bundle", "verify", str(bundle), "--trust", str(root), "--extract-to", str(target)], env)
+                t, m = timed_process(
+                    [
+                        *enclave,
+                        "bundle",
+                        "verify",
+                        str(bundle),
+                        "--trust",
+                        str(root),
+                        "--extract-to",
+                        str(target),
+                    ],
+                    env,
+                )
                 extract.append(t)
                 rss["extract"] = max(rss["extract"], m)
                 shutil.rmtree(target)
@@ -121,14 +156,20 @@ def main() -> None:
                 ("enclave bundle verify", algorithm, verify, rss["verify"]),
                 ("enclave bundle verify --extract-to", algorithm, extract, rss["extract"]),
             ]
-        print(f"weights: {len(sizes)} files, {total / 1e9:.2f} GB; median of {args.runs} runs; {os.cpu_count()} cores")
+        print(
+            f"weights: {len(sizes)} files, {total / 1e9:.2f} GB;"
+            f" median of {args.runs} runs; {os.cpu_count()} cores"
+        )
         print(f"| {'row':<36} | digest | seconds | GB/s  | x limit | peak RSS MiB |")
         print(f"|{'-' * 38}|--------|---------|-------|---------|--------------|")
         limits = {alg: statistics.median(t) for name, alg, t, _ in rows if name.startswith("hashlib")}
         for name, algorithm, times, peak in rows:
             median = statistics.median(times)
             rss_text = f"{peak / 2**20:.0f}" if peak else "-"
-            print(f"| {name:<36} | {algorithm} | {median:7.2f} | {total / median / 1e9:5.2f} | {limits[algorithm] / median:7.2f} | {rss_text:>12} |")
+            print(
+                f"| {name:<36} | {algorithm} | {median:7.2f} | {total / median / 1e9:5.2f}"
+                f" | {limits[algorithm] / median:7.2f} | {rss_text:>12} |"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

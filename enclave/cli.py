@@ -236,6 +236,47 @@ def cmd_bundle_digest(args: argparse.Namespace) -> Result:
     }
 
 
+# -- runtime: gateway, approvals, audit -------------------------------------------------------
+def cmd_gateway_serve(args: argparse.Namespace) -> Result:
+    from enclave.runtime.gateway import serve
+
+    serve(
+        Path(args.policy),
+        args.upstream,
+        Path(args.audit_log),
+        Path(args.audit_key),
+        Path(args.trust) if args.trust else None,
+        args.listen,
+        model_digest=args.model_digest,
+    )
+    return "gateway stopped", {"stopped": True}
+
+
+def cmd_approve(args: argparse.Namespace) -> Result:
+    from enclave.runtime.gateway import approve
+
+    answer = approve(args.request_id, Path(args.key), args.gateway, "deny" if args.deny else "approve")
+    return f"request {args.request_id}: {answer.get('status', 'sent')}", answer
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> Result:
+    from enclave.runtime.audit import verify_log
+
+    report = verify_log(Path(args.log), Path(args.trust), [Path(w) for w in args.witness])
+    text = (
+        f"{args.log}: audit log verified: {report.records} records, "
+        f"{report.verified_checkpoints} signed checkpoints, root {report.root_hash[:16]}"
+    )
+    return text, report.to_dict()
+
+
+def cmd_audit_export(args: argparse.Namespace) -> Result:
+    from enclave.runtime.audit import export
+
+    out = export(Path(args.log), Path(args.out), Path(args.trust))
+    return f"forensic package written to {out}", {"out": str(out)}
+
+
 def cmd_testbed(args: argparse.Namespace) -> Result:
     from enclave import testbed
 
@@ -349,6 +390,38 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub(testbed, action, cmd_testbed, text)
         p.add_argument("--dir", default="testbed", help="inventory, SSH key and known_hosts go here")
         p.add_argument("--hosts", type=int, default=2)
+
+    gateway = top.add_parser("gateway", help="the safety gateway").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(gateway, "serve", cmd_gateway_serve, "serve the policy gateway in front of a model server")
+    p.add_argument("--policy", required=True, metavar="FILE")
+    p.add_argument("--upstream", required=True, metavar="URL")
+    p.add_argument("--audit-log", required=True, metavar="PATH")
+    p.add_argument("--audit-key", required=True, metavar="KEY")
+    p.add_argument("--trust", metavar="ROOT", help="approver and audit keys come from this root")
+    p.add_argument("--listen", default="127.0.0.1:8088", metavar="ADDR:PORT")
+    p.add_argument("--model-digest", metavar="ALG:HEX", help="the signed digest of the served weights")
+
+    p = sub(top, "approve", cmd_approve, "sign an approval (or denial) of a held request")
+    p.add_argument("request_id")
+    p.add_argument("--key", required=True, metavar="KEY")
+    p.add_argument("--gateway", required=True, metavar="URL")
+    p.add_argument("--deny", action="store_true", help="sign a denial instead")
+
+    audit = top.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(audit, "verify", cmd_audit_verify, "verify records, hash chain and signed checkpoints")
+    p.add_argument("log")
+    p.add_argument("--trust", required=True, metavar="ROOT")
+    p.add_argument(
+        "--witness", action="append", default=[], metavar="FILE", help="checkpoints kept elsewhere"
+    )
+    p = sub(audit, "export", cmd_audit_export, "write a forensic package")
+    p.add_argument("log")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--trust", required=True, metavar="ROOT")
 
     p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")
     p.add_argument("--down", action="store_true", help="remove what the demo made")
