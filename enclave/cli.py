@@ -137,13 +137,46 @@ def _load_keys(paths: Sequence[str]) -> list[Any]:
 
 def cmd_bundle_build(args: argparse.Namespace) -> Result:
     from enclave.bundle.build import build_bundle
+    from enclave.bundle.manifest import parse_size
 
-    if args.volume_size or args.base:
-        raise UsageError("--volume-size and --base are not available in this version")
+    if args.base:
+        raise UsageError("--base is not available in this version")
+    volume_size = parse_size(args.volume_size, "--volume-size") if args.volume_size else None
     path = build_bundle(
-        Path(args.manifest), Path(args.out), _load_keys(args.key), args.digest, show_progress=True
+        Path(args.manifest), Path(args.out), _load_keys(args.key), args.digest, volume_size=volume_size
     )
     return str(path), {"bundle": str(path)}
+
+
+def cmd_bundle_split(args: argparse.Namespace) -> Result:
+    from enclave.bundle.manifest import parse_size
+    from enclave.bundle.volumes import split_bundle
+
+    size = parse_size(args.volume_size, "--volume-size")
+    parts, index = split_bundle(Path(args.bundle), size, _load_keys(args.key))
+    text = "\n".join([*(str(p) for p in parts), str(index)])
+    return text, {"volumes": [str(p) for p in parts], "index": str(index)}
+
+
+def cmd_bundle_verify_volume(args: argparse.Namespace) -> Result:
+    from enclave.bundle.volumes import check_volume, index_path, load_index
+    from enclave.trust.root import TrustRoot
+
+    root = TrustRoot.load(Path(args.trust))
+    root.check(_now(args))
+    volume = Path(args.volume)
+    index = load_index(Path(args.index) if args.index else index_path(volume), root)
+    entry = check_volume(volume, index)
+    position = index.volumes.index(entry) + 1
+    text = f"{volume}: volume {position} of {len(index.volumes)} of {index.bundle}: size and digest match"
+    return text, {
+        "volume": str(volume),
+        "bundle": index.bundle,
+        "position": position,
+        "of": len(index.volumes),
+        "size": entry.size,
+        "digest": {index.algorithm: entry.digest},
+    }
 
 
 def cmd_bundle_sign(args: argparse.Namespace) -> Result:
@@ -189,13 +222,15 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
 
 def cmd_bundle_verify(args: argparse.Namespace) -> Result:
     from enclave.bundle.verify import verify_bundle
+    from enclave.bundle.volumes import resolve as resolve_volumes
     from enclave.trust.root import TrustRoot
 
     if args.receipt:
         raise UsageError("--receipt: verification receipts are not available in this version")
     root = TrustRoot.load(Path(args.trust))
+    paths, _index = resolve_volumes(Path(args.bundle), root)
     result = verify_bundle(
-        [Path(args.bundle)],
+        paths,
         root,
         _now(args),
         extract_to=Path(args.extract_to) if args.extract_to else None,
@@ -360,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digest", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--volume-size", metavar="SIZE")
     p.add_argument("--base", metavar="OLD")
+    p = sub(bundle, "split", cmd_bundle_split, "split a co-signed bundle into media volumes + signed index")
+    p.add_argument("bundle")
+    p.add_argument("--volume-size", required=True, metavar="SIZE", help="e.g. 4GiB, 4.7GB")
+    p.add_argument(
+        "--key", action="append", required=True, metavar="KEY", help="signs the index (bundle role)"
+    )
+    p = sub(bundle, "verify-volume", cmd_bundle_verify_volume, "the courier's check of one volume")
+    p.add_argument("volume")
+    p.add_argument("--trust", required=True, metavar="ROOT")
+    p.add_argument(
+        "--index", metavar="PATH", help="default: NAME-VERSION.volumes.dsse.json beside the volume"
+    )
+    p.add_argument("--at", metavar="TIME")
     p = sub(bundle, "sign", cmd_bundle_sign, "check a bundle's content and add a co-signature")
     p.add_argument("bundle")
     p.add_argument("--key", required=True, metavar="KEY")

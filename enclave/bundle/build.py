@@ -7,7 +7,6 @@ build rather than producing a bundle whose statement does not match its content.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from enclave import __version__
 from enclave.bundle.digest import default_workers, digest_files, new_hash
 from enclave.bundle.manifest import Manifest, load_manifest
+from enclave.bundle.output import Sink, open_output
 from enclave.bundle.sbom import build_sbom
 from enclave.bundle.source import ArchiveSource
 from enclave.bundle.statement import BundleStatement, ComponentEntry, Member
@@ -32,6 +32,7 @@ from enclave.bundle.tarformat import (
     trailer_size,
 )
 from enclave.bundle.verify import check_archive, open_archive, read_envelope
+from enclave.bundle.volumes import VOLUME_SUFFIX, write_index
 from enclave.errors import UnsafeArchiveError, UsageError
 from enclave.progress import Progress
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
@@ -118,42 +119,6 @@ def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
     )
 
 
-def _copy_range(src: int, dst: int, offset: int, count: int) -> None:
-    while count > 0:
-        copied = os.copy_file_range(src, dst, count, offset)
-        if copied == 0:
-            raise UsageError("input shrank while being copied")
-        offset += copied
-        count -= copied
-
-
-@contextlib.contextmanager
-def _output(path: Path) -> Iterator[int]:
-    """An exclusive temporary file beside `path`, renamed into place on success only."""
-    if path.exists():
-        raise UsageError(f"{path}: already exists; refusing to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        yield fd
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(partial, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def build_bundle(
     manifest_path: Path,
     out_dir: Path,
@@ -161,7 +126,10 @@ def build_bundle(
     digest: str | None = None,
     workers: int | None = None,
     show_progress: bool = True,
+    volume_size: int | None = None,
 ) -> Path:
+    """Build, sign and write the bundle. Returns the path that names it for `verify`: the
+    bundle file, or with `volume_size` the signed volume index beside `NAME-VERSION.bundle.NNN`."""
     if not keys:
         raise UsageError("at least one --key is needed to sign the bundle")
     manifest = load_manifest(manifest_path)
@@ -202,33 +170,35 @@ def build_bundle(
         envelope.sign(key)
     target = out_dir / manifest.bundle_name
     mtime = statement.mtime
-    with _output(target) as out:
-        offset = _write_member(out, ENVELOPE_NAME, envelope.to_json(), mtime)
-        offset += _write_member(out, SBOM_NAME, sbom, mtime)
+    with open_output(target, volume_size) as sink:
+        offset = _write_member(sink, ENVELOPE_NAME, envelope.to_json(), mtime)
+        offset += _write_member(sink, SBOM_NAME, sbom, mtime)
         copy_progress = Progress("write", total) if show_progress else None
         for source, member in zip(files, content, strict=True):
             header = member_header(member.name, member.size, member.mode, mtime)
-            _write_all(out, header)
+            sink.write(header)
             src = os.open(source.path, os.O_RDONLY)
             try:
-                _copy_range(src, out, 0, member.size)
+                sink.copy_from(src, 0, member.size)
                 if not _same_file(source.stat, os.fstat(src)):
                     raise UsageError(f"{source.path}: changed while the bundle was being built")
             finally:
                 os.close(src)
-            _write_all(out, b"\x00" * padding(member.size))
+            sink.write(b"\x00" * padding(member.size))
             offset += len(header) + member.size + padding(member.size)
             if copy_progress is not None:
                 copy_progress(member.size)
         if copy_progress is not None:
             copy_progress.finish()
-        _write_all(out, b"\x00" * trailer_size(offset))
-    return target
+        sink.write(b"\x00" * trailer_size(offset))
+    if volume_size is None:
+        return target
+    return write_index(target, sink.finals, statement, envelope.payload, keys, volume_size)
 
 
-def _write_member(out: int, name: str, data: bytes, mtime: int) -> int:
+def _write_member(sink: Sink, name: str, data: bytes, mtime: int) -> int:
     header = member_header(name, len(data), 0o644, mtime)
-    _write_all(out, header + data + b"\x00" * padding(len(data)))
+    sink.write(header + data + b"\x00" * padding(len(data)))
     return len(header) + len(data) + padding(len(data))
 
 
@@ -239,7 +209,10 @@ def sign_bundle(
 
     The co-signer checks every byte (two-person integrity: nobody signs what they did not
     check); the content bytes are copied unchanged, only the envelope grows.
+    Volumes are split from the co-signed file afterwards (`enclave bundle split`).
     """
+    if VOLUME_SUFFIX.search(path.name):
+        raise UsageError(f"{path}: co-sign the single-file bundle, then split it into volumes")
     with ArchiveSource([path]) as source:
         tar = open_archive(source)
         member = read_envelope(source, tar)
@@ -252,16 +225,15 @@ def sign_bundle(
         mtime = statement.mtime
         content_end = member.end + sum(member_span(m.name, m.size, m.mode, mtime) for m in statement.members)
         temporary = path.with_name(f".{path.name}.signing-{os.getpid()}")
-        if temporary.exists():
-            temporary.unlink()
-        with _output(temporary) as out:
-            offset = _write_member(out, ENVELOPE_NAME, envelope.to_json(), mtime)
+        temporary.unlink(missing_ok=True)
+        with open_output(temporary) as sink:
+            offset = _write_member(sink, ENVELOPE_NAME, envelope.to_json(), mtime)
             src = os.open(path, os.O_RDONLY)
             try:
-                _copy_range(src, out, member.end, content_end - member.end)
+                sink.copy_from(src, member.end, content_end - member.end)
             finally:
                 os.close(src)
             offset += content_end - member.end
-            _write_all(out, b"\x00" * trailer_size(offset))
+            sink.write(b"\x00" * trailer_size(offset))
         os.replace(temporary, path)
     return envelope

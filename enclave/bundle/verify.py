@@ -144,7 +144,7 @@ def read_envelope(source: ArchiveSource, tar: tarfile.TarFile | None = None) -> 
     return EnvelopeMember(envelope, raw, end, info)
 
 
-def check_signatures(envelope: Envelope, root: TrustRoot) -> RoleCheck:
+def check_signatures(envelope: Envelope, root: TrustRoot, what: str = ENVELOPE_NAME) -> RoleCheck:
     """The `bundle` role's rule over this envelope; raises TrustError when it is not met."""
     verified = verify_signatures(envelope, root.role_keys("bundle"))
     check = root.check_role("bundle", verified.keys)
@@ -153,7 +153,7 @@ def check_signatures(envelope: Envelope, root: TrustRoot) -> RoleCheck:
         bad = len(envelope.signatures) - len(verified.keys) - len(unknown)
         detail = f"; untrusted keys: {', '.join(unknown)}" if unknown else ""
         detail += f"; {bad} invalid signature(s) by trusted keys" if bad else ""
-        raise TrustError(f"{ENVELOPE_NAME}: bundle signatures not accepted: {check.explain()}{detail}")
+        raise TrustError(f"{what}: bundle signatures not accepted: {check.explain()}{detail}")
     return check
 
 
