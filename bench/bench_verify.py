@@ -69,106 +69,145 @@ def timed_process(command: list[str], env: dict[str, str] | None = None) -> tupl
     return elapsed, usage.ru_maxrss * 1024
 
 
+MODEL_SIGNING = """
+import sys
+from model_signing import hashing, signing
+config = signing.Config().use_elliptic_key_signer(private_key=sys.argv[2])
+hashing_config = hashing.Config()
+if sys.argv[4] == "shard":
+    hashing_config.use_shard_serialization()
+else:
+    hashing_config.use_file_serialization()
+config.set_hashing_config(hashing_config).sign(sys.argv[1], sys.argv[3])
+"""
+
+
+def have_model_signing() -> bool:
+    return subprocess.run([sys.executable, "-c", "import model_signing"], capture_output=True).returncode == 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="4GiB,512MiB,512MiB,512MiB,512MiB")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--dir", default=None)
+    parser.add_argument("--dir", default=None, help="where weights, bundles and extractions go")
+    parser.add_argument(
+        "--tmpfs", default="/dev/shm", help="a RAM filesystem for the extraction row without disk"
+    )
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     total = sum(sizes)
     work = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir=args.dir))
+    tmpfs_ok = Path(args.tmpfs).is_dir() and shutil.disk_usage(args.tmpfs).free > total * 1.2
+    rows: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
+
+    def record(name: str, algorithm: str, seconds: float, rss: int = 0) -> None:
+        times, peaks = rows.setdefault((name, algorithm), ([], []))
+        times.append(seconds)
+        peaks.append(rss)
+
     try:
         paths = make_weights(work / "weights", sizes)
-        keys = Keys(
-            *(
-                SigningKey.generate(a)
-                for a in ["ecdsa-p384", "ecdsa-p384", "ml-dsa-87", "ecdsa-p384", "ecdsa-p384"]
-            ),
-            dir=work,
-        )  # type: ignore[arg-type]
+        algorithms = ["ecdsa-p384", "ecdsa-p384", "ml-dsa-87", "ecdsa-p384", "ecdsa-p384"]
+        keys = Keys(*(SigningKey.generate(a) for a in algorithms), dir=work)  # type: ignore[arg-type]
         for name in ("ecdsa", "mldsa"):
             getattr(keys, name).write(work / name, None)
         root = make_root(keys, work / "root.json", threshold=2, bundle=(keys.ecdsa, keys.mldsa))
-        env = dict(os.environ)
-        rows: list[tuple[str, str, list[float], int]] = []
         enclave = [sys.executable, "-m", "enclave.cli"]
-        for algorithm in ("sha256", "sha384"):
-            (work / f"{algorithm}.yaml").write_text(
-                "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: bench, version: 1.0.0}\n"
-                f"spec:\n  digest: {algorithm}\n  components:\n"
-                "    - {name: weights, kind: model, path: ./weights}\n"
+        signing_peer = have_model_signing()
+        for run in range(args.runs):
+            seconds, _ = timed_process(
+                [
+                    "dd",
+                    "if=/dev/zero",
+                    f"of={work / 'dd'}",
+                    "bs=16M",
+                    f"count={-(-total // (16 << 20))}",
+                    "conv=fsync",
+                ]
             )
-            limit, peer, build, verify, extract = [], [], [], [], []
-            rss = {"build": 0, "verify": 0, "extract": 0}
-            for run in range(args.runs):
+            (work / "dd").unlink()
+            record("disk write ceiling (dd conv=fsync)", "-", seconds)
+            for algorithm in ("sha256", "sha384"):
+                manifest = work / f"{algorithm}.yaml"
+                manifest.write_text(
+                    "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: bench, version: 1.0.0}\n"
+                    f"spec:\n  digest: {algorithm}\n  components:\n"
+                    "    - {name: weights, kind: model, path: ./weights}\n"
+                )
                 start = time.perf_counter()
                 hashlib_limit(paths, algorithm)
-                limit.append(time.perf_counter() - start)
-                peer.append(timed_process([f"{algorithm}sum", *map(str, paths)])[0])
-                out = work / f"out-{algorithm}-{run}"
-                t, m = timed_process(
-                    [
-                        *enclave,
-                        "bundle",
-                        "build",
-                        str(work / f"{algorithm}.yaml"),
-                        "--out",
-                        str(out),
-                        "--key",
-                        str(work / "ecdsa"),
-                    ],
-                    env,
+                record(f"hashlib all cores ({os.cpu_count()})", algorithm, time.perf_counter() - start)
+                record(
+                    f"coreutils {algorithm}sum",
+                    algorithm,
+                    timed_process([f"{algorithm}sum", *map(str, paths)])[0],
                 )
-                build.append(t)
-                rss["build"] = max(rss["build"], m)
+                if signing_peer and algorithm == "sha256":
+                    for mode in ("file", "shard"):
+                        command = [
+                            sys.executable,
+                            "-c",
+                            MODEL_SIGNING,
+                            str(work / "weights"),
+                            str(work / "ecdsa"),
+                            str(work / "model.sig"),
+                            mode,
+                        ]
+                        record(f"OpenSSF model_signing sign ({mode})", algorithm, *timed_process(command))
+                        (work / "model.sig").unlink()
+                out = work / f"out-{algorithm}-{run}"
+                build = [
+                    *enclave,
+                    "bundle",
+                    "build",
+                    str(manifest),
+                    "--out",
+                    str(out),
+                    "--key",
+                    str(work / "ecdsa"),
+                ]
+                record("enclave bundle build", algorithm, *timed_process(build))
                 bundle = out / "bench-1.0.0.bundle"
                 subprocess.run(
                     [*enclave, "bundle", "sign", str(bundle), "--key", str(work / "mldsa")],
                     check=True,
                     capture_output=True,
                 )
-                t, m = timed_process([*enclave, "bundle", "verify", str(bundle), "--trust", str(root)], env)
-                verify.append(t)
-                rss["verify"] = max(rss["verify"], m)
+                verify = [*enclave, "bundle", "verify", str(bundle), "--trust", str(root)]
+                record("enclave bundle verify", algorithm, *timed_process(verify))
                 target = work / f"x-{algorithm}-{run}"
-                t, m = timed_process(
-                    [
-                        *enclave,
-                        "bundle",
-                        "verify",
-                        str(bundle),
-                        "--trust",
-                        str(root),
-                        "--extract-to",
-                        str(target),
-                    ],
-                    env,
+                record(
+                    "enclave bundle verify --extract-to (disk)",
+                    algorithm,
+                    *timed_process([*verify, "--extract-to", str(target)]),
                 )
-                extract.append(t)
-                rss["extract"] = max(rss["extract"], m)
                 shutil.rmtree(target)
+                if tmpfs_ok:
+                    target = Path(args.tmpfs) / f"enclave-bench-x-{os.getpid()}"
+                    record(
+                        "enclave bundle verify --extract-to (tmpfs)",
+                        algorithm,
+                        *timed_process([*verify, "--extract-to", str(target)]),
+                    )
+                    shutil.rmtree(target)
                 shutil.rmtree(out)
-            rows += [
-                (f"hashlib all cores ({os.cpu_count()})", algorithm, limit, 0),
-                (f"coreutils {algorithm}sum", algorithm, peer, 0),
-                ("enclave bundle build", algorithm, build, rss["build"]),
-                ("enclave bundle verify", algorithm, verify, rss["verify"]),
-                ("enclave bundle verify --extract-to", algorithm, extract, rss["extract"]),
-            ]
         print(
             f"weights: {len(sizes)} files, {total / 1e9:.2f} GB;"
             f" median of {args.runs} runs; {os.cpu_count()} cores"
         )
-        print(f"| {'row':<36} | digest | seconds | GB/s  | x limit | peak RSS MiB |")
-        print(f"|{'-' * 38}|--------|---------|-------|---------|--------------|")
-        limits = {alg: statistics.median(t) for name, alg, t, _ in rows if name.startswith("hashlib")}
-        for name, algorithm, times, peak in rows:
+        print(f"| {'row':<44} | digest | seconds | GB/s  | x hash limit | peak RSS MiB |")
+        print(f"|{'-' * 46}|--------|---------|-------|--------------|--------------|")
+        limits = {
+            alg: statistics.median(t) for (name, alg), (t, _) in rows.items() if name.startswith("hashlib")
+        }
+        for (name, algorithm), (times, peaks) in sorted(rows.items(), key=lambda item: item[0][1]):
             median = statistics.median(times)
-            rss_text = f"{peak / 2**20:.0f}" if peak else "-"
+            ratio = f"{limits[algorithm] / median:12.2f}" if algorithm in limits else f"{'-':>12}"
+            rss_text = f"{max(peaks) / 2**20:.0f}" if max(peaks) else "-"
             print(
-                f"| {name:<36} | {algorithm} | {median:7.2f} | {total / median / 1e9:5.2f}"
-                f" | {limits[algorithm] / median:7.2f} | {rss_text:>12} |"
+                f"| {name:<44} | {algorithm:<6} | {median:7.2f} | {total / median / 1e9:5.2f}"
+                f" | {ratio} | {rss_text:>12} |"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
