@@ -1,5 +1,7 @@
 """Bundle build/verify throughput against the hashing limit and peers, on the same files.
 
+Needs GNU time (Debian package `time`) for peak RSS.
+
 Usage: python3 bench/bench_verify.py [--sizes 4GiB,512MiB,512MiB,512MiB,512MiB] [--runs 3] [--dir DIR]
 
 Prints one table: median wall time of each row over --runs, throughput in GB/s (decimal) of the
@@ -60,13 +62,22 @@ def hashlib_limit(paths: list[Path], algorithm: str) -> None:
 
 
 def timed_process(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one command, measured by GNU time in the child.
+
+    (`wait4`'s ru_maxrss would include this benchmark's own memory, inherited at fork.)
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return elapsed, usage.ru_maxrss * 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr}")
+    return elapsed, int(proc.stderr.strip().splitlines()[-1]) * 1024
 
 
 MODEL_SIGNING = """
