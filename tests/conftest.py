@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,3 +117,44 @@ def build(keys: Keys, tmp_path: Path) -> BuildFn:
         )
 
     return _build
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own verifier state directory (rollback record, trusted root,
+    receipts) instead of /var/lib/enclave, so no state leaks between tests or onto the host."""
+    directory = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("ENCLAVE_STATE_DIR", str(directory))
+    return directory
+
+
+RotateFn = Callable[..., Path]
+
+
+@pytest.fixture
+def rotate() -> RotateFn:
+    """Write root N+1 of the root at `old` (its keys and thresholds, plus `add`, minus `revoke`)
+    signed by `signers`; returns its path (`N.root.json` beside `old` unless `out` is given)."""
+    from enclave.trust.rotation import next_root
+
+    def _rotate(
+        old: Path,
+        signers: Sequence[SigningKey],
+        add: dict[str, list[SigningKey]] | None = None,
+        revoke: Sequence[SigningKey] = (),
+        thresholds: dict[str, int] | None = None,
+        expires: datetime | None = None,
+        out: Path | None = None,
+    ) -> Path:
+        signed = next_root(
+            TrustRoot.load(old),
+            expires or datetime.now(UTC) + timedelta(days=30),
+            {role: [k.public for k in keys] for role, keys in (add or {}).items()},
+            [k.keyid for k in revoke],
+            thresholds,
+        )
+        path = out or old.with_name(f"{signed['version']}.root.json")
+        path.write_bytes(sign_document(signed, list(signers)))
+        return path
+
+    return _rotate

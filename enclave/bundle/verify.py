@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enclave.bundle.digest import default_workers, hash_range, new_hash
 from enclave.bundle.source import ArchiveSource
@@ -406,36 +407,92 @@ def check_archive(
             progress.finish()
 
 
+if TYPE_CHECKING:  # verify_bundle's state and receipt hooks (imported in the function at run time)
+    from enclave.trust.receipts import Evidence
+    from enclave.trust.state import StateDir
+
+
 def verify_bundle(
     paths: Sequence[Path],
-    root: TrustRoot,
+    root: TrustRoot | None,
     now: datetime,
     extract_to: Path | None = None,
     workers: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     show_progress: bool = True,
+    state: StateDir | None = None,
+    evidence: Evidence | None = None,
+    record: bool = True,
 ) -> VerifyResult:
-    """Verify a bundle (one file or its volumes in order) against `root`, as of `now`."""
-    root.check(now)
+    """Verify a bundle (one file or its volumes in order) against `root`, as of `now`.
+
+    `state` (the high side's state directory): the root stored there is the anchor unless
+    `root` is a valid rotation of it (None: use the stored one); older versions, or an equal
+    version with other content, are refused (exit 5); on success the rollback record and the
+    root in use are stored before anything is published (`record=False`: checked, not
+    written). Without `state` nothing is checked or kept (an auditor's re-check with --at,
+    or a library caller that keeps its own state).
+    A bundle's `trust` component is applied to the root before its signatures are checked.
+    `evidence` is filled as the checks run, so a receipt can describe a failure too.
+    """
+    # Imported here: this function is the only part of this module that knows about state.
+    from enclave.trust import rotation
+    from enclave.trust.receipts import Evidence
+    from enclave.trust.root import format_time
+
+    evidence = evidence if evidence is not None else Evidence([str(p) for p in paths], now)
+    checks = evidence.checks
+    anchor: str | None = None
+    if state is not None:
+        stored = state.read_root()
+        anchor = stored.digest if stored else None
+        resolution = rotation.resolve(stored, root)
+        root = resolution.root
+        checks.append(resolution.note)
+    elif root is None:
+        raise UsageError("no trust root given")
+    root.check_signed()
+    evidence.root = root
     with ArchiveSource(paths) as source:
         tar = open_archive(source)
         member = read_envelope(source, tar)
+        evidence.statement_digest = hashlib.sha256(member.envelope.payload).hexdigest()
+        evidence.claimed_keyids = [s.keyid for s in member.envelope.signatures]
+        carried = rotation.roots_in_bundle(source, member.end, member.envelope.payload)
+        if carried:
+            rotated = rotation.apply_chain(root, carried)
+            checks.append(
+                f"trust component: {len(carried)} root(s); root v{root.version} rotated to v{rotated.version}"
+                if rotated is not root
+                else f"trust component: {len(carried)} root(s), none newer than v{root.version}"
+            )
+            root = evidence.root = rotated
+        root.check(now)  # expiry of the root in use, at the one time fixed for this run (freeze)
         check = check_signatures(member.envelope, root)
+        evidence.saw_signers(check.signers, root)
         statement = BundleStatement.from_payload(member.envelope.payload)
+        evidence.name, evidence.version = statement.name, statement.version
+        checks += [
+            f"trust root v{root.version} valid until {root.signed['expires']}",
+            f"signatures: {check.explain()}",
+        ]
         result = VerifyResult(
             bundle=source.name,
             statement=statement,
-            statement_digest=hashlib.sha256(member.envelope.payload).hexdigest(),
+            statement_digest=evidence.statement_digest,
             signers=check.signers,
             untrusted_keyids=tuple(
                 s.keyid for s in member.envelope.signatures if s.keyid not in {k.keyid for k in check.signers}
             ),
             root=root,
-            checks=[
-                f"trust root v{root.version} valid until {root.signed['expires']}",
-                f"signatures: {check.explain()}",
-            ],
+            checks=checks,
         )
+        if state is not None:  # early, so a rollback is refused before hours of hashing
+            checks.append(
+                state.read_rollback().check(
+                    statement.name, statement.version, result.statement_digest, root.version
+                )
+            )
         if statement.total_size > max_bytes:
             raise UnsafeArchiveError(
                 f"{ENVELOPE_NAME}: {statement.total_size} bytes of content exceed the {max_bytes} byte cap"
@@ -443,15 +500,20 @@ def verify_bundle(
         staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
         try:
             check_archive(source, tar, member, statement, staging, workers, show_progress)
-            result.checks += [
+            checks += [
                 f"archive: {len(statement.members)} members, canonical headers, exact end",
                 f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",
             ]
+            if state is not None and record:  # recorded before publishing: never content out, state behind
+                state.accept(
+                    anchor, root, statement.name, statement.version, result.statement_digest, format_time(now)
+                )
+                checks.append(f"recorded in {state.rollback_path}")
             if staging is not None and extract_to is not None:
                 _publish(staging, extract_to, member.raw)
                 staging = None
                 result.extracted_to = extract_to
-                result.checks.append(f"published {extract_to}")
+                checks.append(f"published {extract_to}")
         finally:
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -153,7 +153,14 @@ class TrustRoot:
         try:
             doc = json.loads(data)
             return cls._parse(doc, source)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as exc:
             raise TrustError(f"{source}: invalid trust root: {exc}") from None
 
     @classmethod
@@ -171,7 +178,10 @@ class TrustRoot:
         expires = parse_time(signed["expires"])
         keys: dict[str, PublicKey] = {}
         for keyid, entry in signed["keys"].items():
-            key = PublicKey.from_pem(entry["keyval"]["public"].encode("ascii"), f"{source}: key {keyid[:16]}")
+            try:
+                key = PublicKey.from_pem(entry["keyval"]["public"].encode("ascii"), f"key {keyid[:16]}")
+            except UsageError as exc:  # a weak curve or unknown key type makes the root invalid (exit 4)
+                raise ValueError(str(exc)) from None
             if key.keyid != keyid:
                 raise ValueError(f"key {keyid[:16]}: keyid is not SHA-256 of the key's SPKI")
             if (entry["keytype"], entry["scheme"]) != TUF_KEYTYPE[key.algorithm]:
@@ -224,15 +234,29 @@ class TrustRoot:
         good = [keys[k] for k, sig in self.signatures if k in keys and keys[k].verify(sig, message)]
         return judge.check_role("root", good)
 
+    def roles_of(self, keyid: str) -> list[str]:
+        """The roles that list `keyid`, in ROLES order."""
+        return [name for name in ROLES if keyid in self.roles[name].keyids]
+
+    def check_signed(self) -> None:
+        """Refuse a root its own root role has not signed to threshold (expiry aside: a trusted
+        root may have expired and still be the anchor a rotation starts from, TUF 5.3.4)."""
+        signers = self.self_signers()
+        if not signers.met:
+            raise TrustError(f"{self.source}: trust root not signed by its root role: {signers.explain()}")
+
     def check(self, now: datetime) -> None:
         """Refuse an expired root or one its own root role has not signed to threshold."""
         if now >= self.expires:
             raise TrustError(
                 f"{self.source}: trust root version {self.version} expired at {format_time(self.expires)}"
             )
-        signers = self.self_signers()
-        if not signers.met:
-            raise TrustError(f"{self.source}: trust root not signed by its root role: {signers.explain()}")
+        self.check_signed()
+
+    def to_json(self) -> bytes:
+        """The document as `sign_document` writes it; `signed` and the signatures unchanged."""
+        existing = [{"keyid": keyid, "sig": sig.hex()} for keyid, sig in self.signatures]
+        return sign_document(self.signed, [], existing)
 
 
 def sign_document(

@@ -1,0 +1,391 @@
+"""Verification receipts: one signed JSON statement per verification, kept in a hash chain.
+
+A receipt records what was checked and what was decided, for verifications that passed and
+for those that failed: the bundle (statement sha256, or the files' sha256 when no statement
+could be read), name and version, the valid signers and their roles, the trust root (version,
+digest), the verifier (version, host), the fixed time of the checks, the result, the error
+and exit code of a failure, and every check that ran. It is a DSSE envelope
+(`application/vnd.enclave.receipt+json`) over the canonical JSON of the receipt, signed by an
+`audit` key when one is given (unsigned otherwise: zero signatures).
+
+The log `STATE/receipts.log` holds one envelope per line. Each receipt names its place:
+`log.seq` (0, 1, ...) and `log.prev`, the RFC 9162 leaf hash of the previous line's bytes
+(64 zeros for the first), the chaining rule of the audit log (docs/GATEWAY.md). A signed
+receipt thus also signs its position: records cannot be edited, dropped from the middle,
+inserted or reordered without `enclave receipts verify` seeing it. Cutting records off the
+end is seen only against a witness: a receipt file kept elsewhere (`--receipt`, which holds
+exactly the bytes of its log line). docs/FORMAT.md section 8 is the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from enclave import __version__
+from enclave.errors import EnclaveError, IntegrityError, TrustError, UsageError
+from enclave.runtime.audit.merkle import leaf_hash
+from enclave.runtime.audit.records import GENESIS_PREV
+from enclave.trust.dsse import Envelope, verify_signatures
+from enclave.trust.keys import PublicKey, SigningKey
+from enclave.trust.root import TrustRoot, canonical, format_time
+from enclave.trust.state import StateDir, fsync_dir, write_all
+
+RECEIPT_PAYLOAD_TYPE = "application/vnd.enclave.receipt+json"
+RECEIPT_TYPE = "urn:enclave:receipt:v1"
+MAX_LINE = 1 << 20  # a receipt is a few KB; a longer "line" is damage, not a receipt
+MAX_PROBLEMS = 50
+
+
+@dataclass
+class Evidence:
+    """What a verification found so far; `verify_bundle` fills it as each check runs, so a
+    receipt can say how far a failed verification got."""
+
+    files: list[str]
+    time: datetime
+    mode: str = "admission"  # "audit": a re-check as of a past time (--at); no state changed
+    statement_digest: str | None = None
+    claimed_keyids: list[str] = field(default_factory=list)  # every signature's keyid hint, valid or not
+    name: str | None = None
+    version: str | None = None
+    signers: list[dict[str, Any]] = field(default_factory=list)
+    root: TrustRoot | None = None
+    checks: list[str] = field(default_factory=list)
+
+    def saw_signers(self, keys: Sequence[PublicKey], root: TrustRoot) -> None:
+        self.signers = [{"keyid": k.keyid, "scheme": k.scheme, "roles": root.roles_of(k.keyid)} for k in keys]
+
+
+def _files_digest(files: Sequence[str]) -> str | None:
+    """sha256 over the files in order (volumes concatenated); None when one is unreadable."""
+    digest = hashlib.sha256()
+    try:
+        for name in files:
+            with open(name, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def build_receipt(evidence: Evidence, error: BaseException | None = None) -> dict[str, Any]:
+    """The receipt document (without its log position). An error that is not an EnclaveError
+    is a bug: exit code 1, as the CLI reports it."""
+    files = []
+    for name in evidence.files:
+        try:
+            size: int | None = os.stat(name).st_size
+        except OSError:
+            size = None
+        files.append({"path": os.path.abspath(name), "size": size})
+    digest: str | None
+    if evidence.statement_digest is not None:
+        digest, digest_of = evidence.statement_digest, "statement"
+    else:  # nothing signed could be read: name the input by its bytes
+        digest, digest_of = _files_digest(evidence.files), "files"
+    root = evidence.root
+    return {
+        "_type": RECEIPT_TYPE,
+        "result": "verified" if error is None else "failed",
+        "exitCode": 0 if error is None else getattr(error, "exit_code", EnclaveError.exit_code),
+        "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
+        "bundle": {
+            "files": files,
+            "name": evidence.name,
+            "version": evidence.version,
+            "digest": {"sha256": digest},
+            "digestOf": digest_of,
+            "signatureKeyids": evidence.claimed_keyids,
+        },
+        "signers": evidence.signers,
+        "trustRoot": None
+        if root is None
+        else {"version": root.version, "digest": root.digest, "expires": root.signed["expires"]},
+        "verifier": {"tool": "enclave", "version": __version__, "host": socket.gethostname()},
+        "time": format_time(evidence.time),
+        "mode": evidence.mode,
+        "checks": list(evidence.checks),
+    }
+
+
+# -- the log ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Tail:
+    next_seq: int
+    prev: str
+    complete: int  # bytes of complete lines
+    torn: int  # bytes after the last newline (an append cut short by a crash)
+
+
+def _parse_line(line: bytes, where: str) -> tuple[Envelope, dict[str, Any]]:
+    """One log line: a strict envelope over a receipt in canonical form; raises IntegrityError."""
+    try:
+        envelope = Envelope.from_json(line, where)
+    except TrustError as exc:
+        raise IntegrityError(str(exc)) from None
+    if envelope.payload_type != RECEIPT_PAYLOAD_TYPE:
+        raise IntegrityError(f"{where}: payload type {envelope.payload_type!r} is not a receipt")
+    try:
+        doc = json.loads(envelope.payload)
+        if (
+            not isinstance(doc, dict)
+            or doc.get("_type") != RECEIPT_TYPE
+            or canonical(doc) != envelope.payload
+        ):
+            raise ValueError("not a receipt in canonical JSON")
+        position = doc["log"]
+        seq, prev = position["seq"], position["prev"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(prev, str):
+            raise ValueError("log.seq and log.prev are malformed")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{where}: unreadable receipt ({exc})") from None
+    return envelope, doc
+
+
+class ReceiptLog:
+    """`STATE/receipts.log`: appended under the state directory's lock."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self.path = state.receipts_path
+
+    def _tail(self) -> _Tail:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return _Tail(0, GENESIS_PREV, 0, 0)
+        except OSError as exc:
+            raise UsageError(f"{self.path}: cannot read the receipt log: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            window = os.pread(fd, min(size, 2 * MAX_LINE + 1), max(0, size - 2 * MAX_LINE - 1))
+        finally:
+            os.close(fd)
+        if size == 0:
+            return _Tail(0, GENESIS_PREV, 0, 0)
+        end = window.rfind(b"\n")
+        torn = len(window) - end - 1
+        if torn > MAX_LINE:
+            raise IntegrityError(f"{self.path}: {torn} bytes after the last complete line: damaged")
+        if end < 0:
+            if size > MAX_LINE:
+                raise IntegrityError(f"{self.path}: no line break in the last {len(window)} bytes: damaged")
+            return _Tail(0, GENESIS_PREV, 0, size)  # the first append was cut short
+        start = window.rfind(b"\n", 0, end) + 1
+        if start == 0 and size > len(window):
+            raise IntegrityError(f"{self.path}: last line longer than {MAX_LINE} bytes: damaged")
+        line = window[start:end]
+        _envelope, doc = _parse_line(line, f"{self.path} (last receipt)")
+        return _Tail(doc["log"]["seq"] + 1, leaf_hash(line).hex(), size - torn, torn)
+
+    def check(self) -> None:
+        """Refuse now (before any verification) when the log's end is damaged."""
+        with self.state.locked():
+            self._tail()
+
+    def append(self, receipt: dict[str, Any], signer: SigningKey | None) -> bytes:
+        """Place, sign and durably append `receipt`; returns its line (without newline)."""
+        with self.state.locked():
+            tail = self._tail()
+            doc = dict(receipt)
+            if tail.torn:
+                # A crash cut the last append short; it was never acknowledged. Cut it off and say so.
+                os.truncate(self.path, tail.complete)
+                doc["recovered"] = {"tornBytes": tail.torn}
+            doc["log"] = {"seq": tail.next_seq, "prev": tail.prev}
+            envelope = Envelope(RECEIPT_PAYLOAD_TYPE, canonical(doc))
+            if signer is not None:
+                envelope.sign(signer)
+            line = envelope.to_json()
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                write_all(fd, line + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.path.parent)
+        return line
+
+
+def check_new_file(path: Path) -> None:
+    """A receipt file is evidence: never overwrite one; refuse early when it cannot be written."""
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"{path}: already exists; a receipt is never overwritten")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path}: directory {path.parent} does not exist")
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write `path` complete or not at all, and never over an existing file (link(2) refuses)."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            raise UsageError(f"{path}: already exists; a receipt is never overwritten") from None
+        fsync_dir(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def record(
+    log: ReceiptLog,
+    evidence: Evidence,
+    error: BaseException | None,
+    signer: SigningKey | None,
+    path: Path | None = None,
+) -> dict[str, Any]:
+    """Append the receipt of one verification to the log (and write it to `path`).
+
+    When the verification failed and its receipt cannot be written either, the verification's
+    own error stands (with its exit code) and its message says the receipt is missing.
+    """
+    try:
+        line = log.append(build_receipt(evidence, error), signer)
+        if path is not None:
+            write_new_file(path, line + b"\n")
+    except EnclaveError as failure:
+        if error is None:
+            raise
+        error.args = (f"{error} (and no receipt was written: {failure})",)
+        return {"seq": None, "hash": None}
+    seq = json.loads(Envelope.from_json(line).payload)["log"]["seq"]
+    return {"seq": seq, "hash": leaf_hash(line).hex()}
+
+
+# -- verification of the log -----------------------------------------------------------------------------
+@dataclass
+class ReceiptReport:
+    log: str
+    receipts: int = 0
+    signed: int = 0
+    unsigned: int = 0
+    verified: int = 0
+    failed: int = 0
+    head: str = GENESIS_PREV  # leaf hash of the last line
+    problems: list[str] = field(default_factory=list)  # chain and format: exit 3
+    trust_problems: list[str] = field(default_factory=list)  # signatures: exit 4
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.trust_problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+
+def analyse_log(
+    data: bytes, name: str, root: TrustRoot, require_signed: bool = False, witnesses: Sequence[Path] = ()
+) -> ReceiptReport:
+    """Check every line: format, place in the chain, signatures by the root's audit role."""
+    report = ReceiptReport(log=name)
+    lines = data.split(b"\n")
+    torn = lines.pop()
+    if torn:
+        report.warnings.append(
+            f"{name}: the last {len(torn)} bytes are an incomplete line (an append cut short by a crash)"
+        )
+    audit_keys = root.role_keys("audit")
+    prev = GENESIS_PREV
+    for index, line in enumerate(lines):
+        where = f"{name}:{index + 1}"
+        if len(report.problems) + len(report.trust_problems) >= MAX_PROBLEMS:
+            report.problems.append(f"{where}: stopped after {MAX_PROBLEMS} problems")
+            break
+        digest = leaf_hash(line).hex()
+        try:
+            envelope, doc = _parse_line(line, where)
+        except IntegrityError as exc:
+            report.problems.append(f"{exc}: the line was modified")
+            prev = digest
+            continue
+        report.receipts += 1
+        if doc["log"]["seq"] != index:
+            report.problems.append(
+                f"{where}: log.seq {doc['log']['seq']} where {index} was expected: receipts deleted, "
+                "inserted or reordered"
+            )
+        if doc["log"]["prev"] != prev:
+            report.problems.append(
+                f"{where}: log.prev is not the hash of the line before it: a receipt was modified, "
+                "deleted or reordered"
+            )
+        prev = digest
+        if doc.get("result") == "verified":
+            report.verified += 1
+        else:
+            report.failed += 1
+        if not envelope.signatures:
+            report.unsigned += 1
+            if require_signed:
+                report.trust_problems.append(f"{where}: receipt is not signed")
+            continue
+        check = root.check_role("audit", verify_signatures(envelope, audit_keys).keys)
+        if check.met:
+            report.signed += 1
+        else:
+            report.trust_problems.append(f"{where}: receipt not signed by the audit role: {check.explain()}")
+    report.head = prev
+    if report.unsigned and not require_signed:
+        report.warnings.append(
+            f"{report.unsigned} receipts are unsigned (no --audit-key when they were made)"
+        )
+    for witness in witnesses:
+        _check_witness(witness, lines, report)
+    return report
+
+
+def _check_witness(path: Path, lines: Sequence[bytes], report: ReceiptReport) -> None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read witness receipt: {exc.strerror}") from None
+    try:
+        _envelope, doc = _parse_line(data.rstrip(b"\n"), str(path))
+    except IntegrityError as exc:
+        report.problems.append(f"witness {exc}")
+        return
+    seq = doc["log"]["seq"]
+    if seq >= len(lines):
+        report.problems.append(
+            f"witness {path}: receipt {seq} is missing: the log ends at {len(lines)} "
+            "(receipts cut off the end)"
+        )
+    elif lines[seq] != data.rstrip(b"\n"):
+        report.problems.append(f"witness {path}: receipt {seq} in the log differs from the witness copy")
+
+
+def verify_receipt_log(
+    path: Path, root: TrustRoot, require_signed: bool = False, witnesses: Sequence[Path] = ()
+) -> ReceiptReport:
+    """`enclave receipts verify`: raise IntegrityError (chain) or TrustError (signatures)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no receipt log") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the receipt log: {exc.strerror}") from None
+    report = analyse_log(data, str(path), root, require_signed, witnesses)
+    found = report.problems or report.trust_problems
+    if found:
+        more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""
+        error = IntegrityError if report.problems else TrustError
+        raise error(f"receipt log does not verify: {found[0]}{more}")
+    return report

@@ -1,0 +1,219 @@
+"""Root rotation and revocation (TUF specification 1.0.x, section 5.3.4), done by hand.
+
+python-tuf's Metadata API cannot hold enclave's role names (enclave/trust/root.py explains),
+so its updater cannot run these rules for us; they are short enough to state exactly:
+
+- root N+1 is accepted only when its version is exactly N+1, and it is signed by a threshold
+  of root N's `root` keys **and** by a threshold of its own `root` keys (so neither the old
+  key holders alone nor the new ones alone can rotate);
+- rotations chain: N -> N+1 -> N+2 ..., each step checked against the one before;
+- expiry is checked once, on the final root, at the verification's fixed time (an expired
+  intermediate root does not matter; an expired final root refuses everything: freeze);
+- revocation is a rotation that drops a key: what only that key signed stops verifying.
+
+A bundle may carry roots in a component of kind `trust`; they are read and applied before
+the bundle's own signatures are checked, so a bundle can be signed by keys that only the
+new root trusts. They are self-authenticating (signed by the old root's keys), so reading
+them before the envelope's signatures are checked trusts nothing unverified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from enclave.bundle.source import ArchiveSource
+from enclave.bundle.statement import BundleStatement
+from enclave.bundle.tarformat import member_header, member_span
+from enclave.errors import EnclaveError, TrustError, UnsafeArchiveError, UsageError
+from enclave.trust.keys import PublicKey
+from enclave.trust.root import ROLES, RoleCheck, TrustRoot
+
+MAX_ROTATIONS = 256  # python-tuf's default bound on root rotations in one update
+MAX_ROOT_BYTES = 1 << 20  # a root with dozens of ML-DSA keys is under 200 KB; cap before reading
+
+
+# -- the rules ----------------------------------------------------------------------------------------
+def check_successor(trusted: TrustRoot, new: TrustRoot) -> None:
+    """Refuse `new` unless it is a valid rotation of `trusted` (TUF 5.3.4, steps 3-5)."""
+    if new.version != trusted.version + 1:
+        raise TrustError(
+            f"{new.source}: trust root version {new.version} does not follow version {trusted.version} "
+            f"(only version {trusted.version + 1} can be applied next)"
+        )
+    by_old = new.self_signers(by=trusted)
+    if not by_old.met:
+        raise TrustError(
+            f"{new.source}: trust root v{new.version} is not signed by a threshold of the root keys "
+            f"of v{trusted.version}: {by_old.explain()}"
+        )
+    by_new = new.self_signers()
+    if not by_new.met:
+        raise TrustError(
+            f"{new.source}: trust root v{new.version} is not signed by a threshold of its own "
+            f"root keys: {by_new.explain()}"
+        )
+
+
+def apply_chain(trusted: TrustRoot, candidates: Sequence[TrustRoot]) -> TrustRoot:
+    """Apply every rotation in `candidates` (any order) to `trusted`; returns the newest root.
+
+    Roots older than `trusted` are skipped (a bundle may carry a chain the verifier has
+    partly applied already); one of the same version must be `trusted` itself (else: two
+    roots of one version, a fork); the rest must run N+1, N+2, ... without a gap.
+    """
+    if len(candidates) > MAX_ROTATIONS:
+        raise TrustError(f"{len(candidates)} trust roots offered: more than {MAX_ROTATIONS} rotations")
+    by_version: dict[int, TrustRoot] = {}
+    for root in candidates:
+        other = by_version.get(root.version)
+        if other is not None and other.digest != root.digest:
+            raise TrustError(
+                f"{root.source} and {other.source}: two different trust roots of version {root.version}"
+            )
+        by_version[root.version] = root
+    same = by_version.get(trusted.version)
+    if same is not None and same.digest != trusted.digest:
+        raise TrustError(
+            f"{same.source}: trust root version {same.version} differs from the trusted root of that "
+            "version (a fork: two roots claim one version)"
+        )
+    current = trusted
+    for version in sorted(v for v in by_version if v > trusted.version):
+        check_successor(current, by_version[version])
+        current = by_version[version]
+    return current
+
+
+@dataclass(frozen=True)
+class Resolution:
+    root: TrustRoot
+    note: str
+
+
+def resolve(stored: TrustRoot | None, given: TrustRoot | None) -> Resolution:
+    """The root to start from, given the one kept in the state directory and the one named
+    on the command line. The stored root wins unless `given` is a valid rotation of it: a root
+    once rotated away (a revoked key) never comes back by passing an old root.json."""
+    if stored is None and given is None:
+        raise UsageError("no trust root: give --trust ROOT, or store one with `enclave trust update`")
+    if stored is None:
+        assert given is not None
+        given.check_signed()
+        return Resolution(given, f"trust root v{given.version} from {given.source} (none stored yet)")
+    if given is None or given.digest == stored.digest:
+        return Resolution(stored, f"trust root v{stored.version} stored in {stored.source}")
+    if given.version < stored.version:
+        return Resolution(
+            stored,
+            f"trust root v{stored.version} stored in {stored.source} "
+            f"(--trust {given.source} is v{given.version}, rotated away since)",
+        )
+    if given.version == stored.version:
+        raise TrustError(
+            f"{given.source}: trust root v{given.version} differs from the v{stored.version} stored in "
+            f"{stored.source} (a new root must be a rotation: enclave trust rotate; or remove the stored "
+            "root deliberately)"
+        )
+    rotated = apply_chain(stored, [given])
+    return Resolution(
+        rotated, f"trust root v{stored.version} stored, rotated to v{rotated.version} by {given.source}"
+    )
+
+
+# -- authoring (the low side) -------------------------------------------------------------------------
+def next_root(
+    old: TrustRoot,
+    expires: datetime,
+    add: Mapping[str, Sequence[PublicKey]] | None = None,
+    revoke: Sequence[str] = (),
+    thresholds: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The `signed` part of version N+1: `old`'s keys and thresholds, minus `revoke`d keyids
+    (from every role), plus `add`ed keys. Validated as `trust init` validates a new root."""
+    unknown = [k for k in revoke if k not in old.keys]
+    if unknown:
+        raise UsageError(f"--revoke: key {unknown[0][:16]} is not in trust root v{old.version}")
+    role_keys: dict[str, list[PublicKey]] = {}
+    for name in ROLES:
+        kept = [old.keys[k] for k in old.roles[name].keyids if k not in revoke]
+        extra = [k for k in (add or {}).get(name, ()) if k.keyid not in revoke]
+        role_keys[name] = kept + [k for k in extra if k.keyid not in {x.keyid for x in kept}]
+    merged = {name: old.roles[name].threshold for name in ROLES} | dict(thresholds or {})
+    return TrustRoot.create(
+        role_keys,
+        merged,
+        expires,
+        version=old.version + 1,
+        hybrid_roles=[name for name in ROLES if old.roles[name].hybrid],
+    )
+
+
+def keyid_named(value: str, root: TrustRoot) -> str:
+    """A key named by its .pub file, or by a unique prefix (8+ hex digits) of its keyid in `root`."""
+    if Path(value).is_file():
+        return PublicKey.load(Path(value)).keyid
+    found = [k for k in root.keys if len(value) >= 8 and k.startswith(value.lower())]
+    if len(found) != 1:
+        raise UsageError(
+            f"{value!r}: not a .pub file, nor the keyid of exactly one key of trust root v{root.version}"
+        )
+    return found[0]
+
+
+@dataclass(frozen=True)
+class RotationStatus:
+    by_old: RoleCheck
+    by_new: RoleCheck
+
+    @property
+    def complete(self) -> bool:
+        return self.by_old.met and self.by_new.met
+
+    def explain(self) -> str:
+        return f"old root keys: {self.by_old.explain()}; new root keys: {self.by_new.explain()}" + (
+            "" if self.complete else "; more signatures needed"
+        )
+
+
+def rotation_status(old: TrustRoot, new: TrustRoot) -> RotationStatus:
+    """How far a (possibly partly signed) rotation is from being accepted."""
+    if new.version != old.version + 1:
+        raise UsageError(f"{new.source}: version {new.version} does not follow {old.source} v{old.version}")
+    return RotationStatus(new.self_signers(by=old), new.self_signers())
+
+
+# -- roots carried in a bundle ----------------------------------------------------------------------
+def roots_in_bundle(source: ArchiveSource, envelope_end: int, payload: bytes) -> list[TrustRoot]:
+    """The roots in the bundle's `trust` components, located through the (not yet trusted)
+    statement. An unreadable statement yields none: the signature check decides about it.
+    Each root is parsed strictly; `apply_chain` then authenticates it against the trusted root."""
+    try:
+        statement = BundleStatement.from_payload(payload)
+    except EnclaveError:
+        return []
+    wanted = {name for c in statement.components if c.kind == "trust" for name in c.members}
+    if not wanted:
+        return []
+    if len(wanted) > MAX_ROTATIONS:
+        raise TrustError(f"{source.name}: {len(wanted)} trust roots: more than {MAX_ROTATIONS} rotations")
+    roots: list[TrustRoot] = []
+    offset = envelope_end
+    mtime = statement.mtime
+    for member in statement.members:
+        if member.name in wanted:
+            if member.size > MAX_ROOT_BYTES:
+                raise UnsafeArchiveError(
+                    f"member {member.name!r}: trust root of {member.size} bytes exceeds "
+                    f"the {MAX_ROOT_BYTES} byte cap"
+                )
+            header = member_header(member.name, member.size, member.mode, mtime)
+            if source.read_exact(offset, len(header), f"the header of {member.name}") != header:
+                raise TrustError(f"member {member.name!r}: not where the statement places it")
+            data = source.read_exact(offset + len(header), member.size, member.name)
+            roots.append(TrustRoot.from_json(data, f"{source.name}: {member.name}"))
+        offset += member_span(member.name, member.size, member.mode, mtime)
+    return roots

@@ -1,0 +1,354 @@
+"""Root rotation, revocation and roots carried in a bundle (TUF 5.3.4), through the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclave.cli import main
+from enclave.errors import TrustError
+from enclave.trust.keys import SigningKey
+from enclave.trust.root import TrustRoot, canonical, sign_document
+from enclave.trust.rotation import apply_chain, resolve
+from tests.conftest import MANIFEST, BuildFn, Keys, RotateFn, make_root, write_inputs
+
+
+@dataclass
+class Extra:
+    root_b: SigningKey
+    root_c: SigningKey
+    bundle_new: SigningKey
+    dir: Path
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+
+@pytest.fixture(scope="module")
+def extra(tmp_path_factory: pytest.TempPathFactory) -> Extra:
+    directory = tmp_path_factory.mktemp("extra-keys")
+    made = {name: SigningKey.generate("ecdsa-p384") for name in ("root_b", "root_c", "bundle_new")}
+    for name, key in made.items():
+        key.write(directory / name, None)
+    return Extra(dir=directory, **made)
+
+
+def update(state_dir: Path, *roots: Path, trust: Path | None = None) -> int:
+    args = ["trust", "update", *map(str, roots), "--state-dir", str(state_dir)]
+    return main(args + (["--trust", str(trust)] if trust else []))
+
+
+def stored_version(state_dir: Path) -> int | None:
+    path = state_dir / "root.json"
+    return TrustRoot.load(path).version if path.exists() else None
+
+
+def raw_root(signed: dict[str, Any], signers: list[SigningKey], path: Path) -> Path:
+    """A root written exactly as given (for shapes `next_root` refuses to make)."""
+    path.write_bytes(sign_document(signed, signers))
+    return path
+
+
+def test_valid_chain_is_accepted_in_one_go(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    # v2 adds a second root key; v3 drops the first (root key rotation in two steps).
+    v2 = rotate(v1, [keys.root, extra.root_b], add={"root": [extra.root_b]})
+    v3 = rotate(v2, [keys.root, extra.root_b], revoke=[keys.root])
+    assert update(state_dir, trust=v1) == 0 and stored_version(state_dir) == 1
+    assert update(state_dir, v3, v2) == 0  # any order
+    assert stored_version(state_dir) == 3
+    assert keys.root.keyid not in TrustRoot.load(state_dir / "root.json").keys
+    assert update(state_dir, v2, v3) == 0 and stored_version(state_dir) == 3  # already applied: no-op
+
+
+def test_chain_bootstraps_from_trust(keys: Keys, rotate: RotateFn, tmp_path: Path, state_dir: Path) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root])
+    assert update(state_dir, v2, trust=v1) == 0 and stored_version(state_dir) == 2
+
+
+def _refused(state_dir: Path, v1: Path, candidate: Path) -> None:
+    assert update(state_dir, trust=v1) == 0
+    before = (state_dir / "root.json").read_bytes()
+    assert update(state_dir, candidate) == 4
+    assert (state_dir / "root.json").read_bytes() == before, "a refused rotation must not change the state"
+
+
+def test_skipped_version_is_refused(keys: Keys, rotate: RotateFn, tmp_path: Path, state_dir: Path) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root])
+    v3 = rotate(v2, [keys.root])
+    _refused(state_dir, v1, v3)
+
+
+def test_new_root_signed_only_by_new_keys_is_refused(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    # The new root key holder alone tries to take over: v1's root key did not sign.
+    v2 = rotate(v1, [extra.root_b], add={"root": [extra.root_b]}, revoke=[keys.root])
+    _refused(state_dir, v1, v2)
+    with pytest.raises(TrustError, match="not signed by a threshold of the root keys of v1"):
+        apply_chain(TrustRoot.load(v1), [TrustRoot.load(v2)])
+
+
+def test_new_root_signed_only_by_old_keys_is_refused(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    # The old root key hands over to a key that never signed: nobody proved they hold it.
+    v2 = rotate(v1, [keys.root], add={"root": [extra.root_b]}, revoke=[keys.root])
+    _refused(state_dir, v1, v2)
+    with pytest.raises(TrustError, match="not signed by a threshold of its own root keys"):
+        apply_chain(TrustRoot.load(v1), [TrustRoot.load(v2)])
+
+
+def test_one_key_signing_twice_does_not_meet_a_threshold_of_two(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root, extra.root_b], add={"root": [extra.root_b]}, thresholds={"root": 2})
+    assert update(state_dir, v2, trust=v1) == 0
+    v3 = rotate(v2, [keys.root])
+    doc = json.loads(v3.read_text())
+    doc["signatures"].append(dict(doc["signatures"][0]))  # the same signature again
+    v3.write_text(json.dumps(doc))
+    before = (state_dir / "root.json").read_bytes()
+    assert update(state_dir, v3) == 4
+    # and the same key under a second, made-up keyid counts for nothing either
+    doc["signatures"][1]["keyid"] = extra.root_b.keyid
+    v3.write_text(json.dumps(doc))
+    assert update(state_dir, v3) == 4
+    assert (state_dir / "root.json").read_bytes() == before
+
+
+def test_threshold_zero_is_refused(keys: Keys, rotate: RotateFn, tmp_path: Path, state_dir: Path) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    signed = json.loads(rotate(v1, [keys.root]).read_text())["signed"]
+    signed["roles"]["root"]["threshold"] = 0  # "no signature needed" would let anyone rotate next
+    _refused(state_dir, v1, raw_root(signed, [keys.root], tmp_path / "zero.json"))
+    signed["roles"]["root"]["threshold"] = 1
+    signed["roles"]["bundle"]["threshold"] = 0
+    _refused(state_dir, v1, raw_root(signed, [keys.root], tmp_path / "zero-bundle.json"))
+
+
+def test_two_roots_of_one_version_are_refused(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2a = rotate(v1, [keys.root], out=tmp_path / "2a.json")
+    v2b = rotate(v1, [keys.root], add={"bundle": [extra.bundle_new]}, out=tmp_path / "2b.json")
+    assert update(state_dir, trust=v1) == 0
+    assert update(state_dir, v2a, v2b) == 4
+    assert update(state_dir, v2a) == 0
+    assert update(state_dir, v2b) == 4  # a fork of the version already trusted
+
+
+def test_expired_final_root_is_refused(keys: Keys, rotate: RotateFn, tmp_path: Path, state_dir: Path) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root], expires=datetime.now(UTC) - timedelta(days=1))
+    _refused(state_dir, v1, v2)
+
+
+def test_expired_intermediate_root_does_not_block_the_chain(
+    keys: Keys, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root], expires=datetime.now(UTC) - timedelta(days=1))
+    v3 = rotate(v2, [keys.root])
+    assert update(state_dir, v2, v3, trust=v1) == 0 and stored_version(state_dir) == 3
+
+
+def test_revoked_key_bundle_stops_verifying(
+    build: BuildFn, keys: Keys, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    by_revoked = build(signers=(keys.ecdsa, keys.mldsa), version="1.0.0")
+    by_others = build(signers=(keys.ecdsa2, keys.mldsa), version="1.1.0")
+    v2 = rotate(v1, [keys.root], revoke=[keys.ecdsa])  # the ECDSA integrator key leaked
+    assert update(state_dir, v2, trust=v1) == 0
+    assert main(["bundle", "verify", str(by_revoked), "--trust", str(v1)]) == 4  # the old root does not help
+    assert main(["bundle", "verify", str(by_revoked)]) == 4
+    assert main(["bundle", "verify", str(by_others)]) == 0
+
+
+def test_revocation_through_the_cli(
+    build: BuildFn, keys: Keys, tmp_path: Path, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = tmp_path / "2.root.json"
+    rotate_args = ["trust", "rotate", str(v1), str(v2), "--sign", str(keys.path("root"))]
+    assert main([*rotate_args, "--revoke", keys.ecdsa.keyid[:16], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
+    assert keys.ecdsa.keyid not in json.loads(v2.read_text())["signed"]["keys"]
+    assert main(["trust", "update", str(v2), "--trust", str(v1)]) == 0
+    assert main(["bundle", "verify", str(build(signers=(keys.ecdsa, keys.mldsa)))]) == 4
+
+
+def test_cosigned_rotation_needs_both_holders(
+    keys: Keys,
+    extra: Extra,
+    rotate: RotateFn,
+    tmp_path: Path,
+    state_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root, extra.root_b], add={"root": [extra.root_b]}, thresholds={"root": 2})
+    assert update(state_dir, v2, trust=v1) == 0
+    capsys.readouterr()
+    v3 = tmp_path / "3.root.json"
+    first = ["trust", "rotate", str(v2), str(v3), "--sign", str(keys.path("root")), "--expires", "10"]
+    assert main([*first, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is False
+    assert update(state_dir, v3) == 4  # one of two root keys: not yet
+    assert main(["trust", "rotate", str(v2), str(v3), "--sign", str(extra.path("root_b")), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["complete"] is True
+    assert update(state_dir, v3) == 0 and stored_version(state_dir) == 3
+
+
+def test_rotate_refuses_mistakes(keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = tmp_path / "2.root.json"
+    base = ["trust", "rotate", str(v1), str(v2)]
+    assert main([*base, "--sign", str(keys.path("stranger"))]) == 2 and not v2.exists()  # not a root key
+    assert main([*base, "--sign", str(keys.path("root")), "--threshold", "bundle=9"]) == 2  # more than keys
+    assert main([*base, "--sign", str(keys.path("root")), "--revoke", "zz"]) == 2
+    assert main([*base, "--sign", str(keys.path("root"))]) == 0
+    assert (
+        main([*base, "--sign", str(extra.path("root_b")), "--add-key", "root=x.pub"]) == 2
+    )  # exists: no edits
+    assert main([*base, "--sign", str(keys.path("root"))]) == 2  # signing twice with one key
+
+
+def _bundle_with_trust(
+    keys: Keys, tmp_path: Path, roots: list[Path], signers: tuple[SigningKey, ...]
+) -> Path:
+    from enclave.bundle.build import build_bundle
+
+    src = write_inputs(tmp_path / "src-trust")
+    (src / "trust").mkdir()
+    for root in roots:
+        (src / "trust" / root.name).write_bytes(root.read_bytes())
+    (src / "bundle.yaml").write_text(
+        MANIFEST.format(name="carrier", version="2.0.0", digest="sha384")
+        + "    - {name: trust, kind: trust, path: ./trust}\n"
+    )
+    return build_bundle(src / "bundle.yaml", tmp_path / "out-trust", list(signers), show_progress=False)
+
+
+def test_root_in_a_bundle_is_applied_before_its_signatures(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    v2 = rotate(v1, [keys.root], add={"bundle": [extra.bundle_new]})
+    v3 = rotate(v2, [keys.root], revoke=[keys.ecdsa])
+    # Signed by a key only v2 and later trust: accepted only because the roots ride along.
+    bundle = _bundle_with_trust(keys, tmp_path, [v2, v3], (extra.bundle_new, keys.mldsa))
+    assert update(state_dir, trust=v1) == 0
+    assert main(["bundle", "verify", str(bundle)]) == 0
+    assert stored_version(state_dir) == 3
+    assert main(["bundle", "verify", str(bundle)]) == 0  # roots already applied are skipped
+
+
+def test_bundle_without_its_roots_is_refused(
+    build: BuildFn, keys: Keys, extra: Extra, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    bundle = build(signers=(extra.bundle_new, keys.mldsa))
+    assert main(["bundle", "verify", str(bundle), "--trust", str(v1)]) == 4
+    assert stored_version(state_dir) is None
+
+
+def test_bad_root_in_a_bundle_is_refused_and_not_stored(
+    keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    v1 = make_root(keys, tmp_path / "1.root.json")
+    # v2 signed only by a key v1 never trusted: a bundle cannot bring its own trust.
+    v2 = rotate(
+        v1, [extra.root_b], add={"root": [extra.root_b], "bundle": [extra.bundle_new]}, revoke=[keys.root]
+    )
+    bundle = _bundle_with_trust(keys, tmp_path, [v2], (extra.bundle_new, keys.mldsa))
+    assert update(state_dir, trust=v1) == 0
+    assert main(["bundle", "verify", str(bundle)]) == 4
+    assert stored_version(state_dir) == 1
+
+
+def test_resolve_prefers_the_stored_root(keys: Keys, rotate: RotateFn, tmp_path: Path) -> None:
+    v1 = TrustRoot.load(make_root(keys, tmp_path / "1.root.json"))
+    v2 = TrustRoot.load(rotate(tmp_path / "1.root.json", [keys.root]))
+    assert resolve(v2, v1).root is v2  # an older --trust never wins
+    assert resolve(v1, v2).root is v2  # a newer one is a rotation
+    assert resolve(None, v1).root is v1
+    other = TrustRoot.load(make_root(keys, tmp_path / "other.json", threshold=1))
+    with pytest.raises(TrustError, match="a new root must be a rotation"):
+        resolve(v1, other)
+    assert canonical(v2.signed) == canonical(TrustRoot.from_json(v2.to_json(), "x").signed)
+
+
+def test_rotation_lifecycle_through_the_console_script(tmp_path: Path) -> None:
+    """As an operator runs it: separate processes, encrypted keys, one-line errors, exit codes."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ENCLAVE_KEY_PASSPHRASE="pw", ENCLAVE_STATE_DIR=str(tmp_path / "state"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "enclave.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    for name, algorithm in [
+        ("root", "ecdsa-p384"),
+        ("a", "ecdsa-p384"),
+        ("b", "ml-dsa-87"),
+        ("c", "ecdsa-p384"),
+    ]:
+        assert run("keys", "generate", "--algorithm", algorithm, "--out", name).returncode == 0
+    assert run("keys", "generate", "--algorithm", "ecdsa-p384", "--out", "audit").returncode == 0
+    init = ["trust", "init", "--out", "1.root.json", "--root-key", "root.pub", "--sign", "root"]
+    init += [
+        "--bundle-key",
+        "a.pub",
+        "--bundle-key",
+        "b.pub",
+        "--bundle-key",
+        "c.pub",
+        "--audit-key",
+        "audit.pub",
+    ]
+    assert run(*init, "--threshold", "bundle=2").returncode == 0
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "m.bin").write_bytes(os.urandom(4096))
+    (tmp_path / "b.yaml").write_text(
+        "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: x, version: 1.0.0}\n"
+        "spec:\n  components:\n    - {name: w, kind: model, path: ./w}\n"
+    )
+    assert run("bundle", "build", "b.yaml", "--out", "out", "--key", "a", "--key", "b").returncode == 0
+    verify = ["bundle", "verify", "out/x-1.0.0.bundle", "--audit-key", "audit"]
+    assert run(*verify, "--trust", "1.root.json", "--receipt", "r0.json").returncode == 0
+    rotated = run("trust", "rotate", "1.root.json", "2.root.json", "--revoke", "a.pub", "--sign", "root")
+    assert rotated.returncode == 0 and "complete" in rotated.stdout
+    assert run("trust", "update", "2.root.json").returncode == 0
+    refused = run(*verify, "--trust", "1.root.json")  # the old root file cannot bring the key back
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert "bundle signatures not accepted" in refused.stderr
+    checked = run("receipts", "verify", "--require-signed", "--witness", "r0.json")
+    assert checked.returncode == 0, checked.stderr
+    assert "2 receipts" in checked.stdout and "1 verifications passed, 1 failed" in checked.stdout
+    shown = run("trust", "show", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["version"] == 2
