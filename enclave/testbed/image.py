@@ -1,4 +1,5 @@
-"""The testbed host image, built offline from a debootstrap root filesystem and `docker import`.
+"""The testbed host image, built offline from a debootstrap root filesystem and `docker import`
+(the shared machinery is enclave.images.rootfs).
 
 No registry is reachable from the enclave (nor from CI), so `docker pull` is never an option:
 the image is a Debian minbase with systemd as PID 1, sshd and its own Docker engine, customised
@@ -13,17 +14,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import docker
 import docker.errors
 
-from enclave.errors import ProvisionError
+from enclave.images.rootfs import build_rootfs_image, chroot, has_image
 
 SUITE = "bookworm"
 PACKAGES = (
@@ -153,24 +150,16 @@ def image_tag() -> str:
 def ensure_image(client: docker.DockerClient, progress: Progress | None = None) -> str:
     """Return the host image's tag, building it first if the engine does not have it."""
     tag = image_tag()
-    if _has_image(client, tag):
+    if has_image(client, tag):
         return tag
     lock_dir = Path("/var/tmp/enclave-testbed")
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two `up`s at once build it once
-        if not _has_image(client, tag):
+        if not has_image(client, tag):
             _build(client, tag, progress)
             _prune_old(client, tag)
     return tag
-
-
-def _has_image(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 def _prune_old(client: docker.DockerClient, keep: str) -> None:
@@ -183,29 +172,17 @@ def _prune_old(client: docker.DockerClient, keep: str) -> None:
 
 
 def _build(client: docker.DockerClient, tag: str, progress: Progress | None) -> None:
-    if shutil.which("debootstrap") is None:
-        raise ProvisionError("debootstrap not found: run enclave/testbed/engine.sh first")
-    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="enclave-testbed-") as tmp:
-        root = Path(tmp) / "rootfs"
-        try:
-            if progress:
-                progress(f"building host image {tag}: debootstrap {SUITE} (about a minute)")
-            _run(
-                [
-                    "debootstrap",
-                    "--variant=minbase",
-                    f"--include={','.join(PACKAGES)}",
-                    SUITE,
-                    str(root),
-                ],
-                "debootstrap",
-            )
-            _customise(root)
-            if progress:
-                progress(f"importing {tag}")
-            _import(client, root, tag)
-        finally:
-            _unmount_below(root)  # a failed debootstrap may leave proc/sys mounted in the root
+    build_rootfs_image(
+        client,
+        tag,
+        SUITE,
+        PACKAGES,
+        _customise,
+        CHANGES,
+        progress,
+        what="host image",
+        prefix="enclave-testbed-",
+    )
 
 
 def _customise(root: Path) -> None:
@@ -226,9 +203,10 @@ def _customise(root: Path) -> None:
         path.chmod(mode)
     # Non-root admin with passwordless sudo: root logins stay off, as a hardened host has them.
     # '*' rather than the default '!' so sshd does not treat the account as locked.
-    _run(
+    chroot(
+        root,
         [
-            "chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash",
+            "useradd", "--create-home", "--shell", "/bin/bash",
             "--uid", str(ADMIN_UID), "--user-group", "--password", "*", ADMIN_USER,
         ],
         "useradd in the host root filesystem",
@@ -238,37 +216,3 @@ def _customise(root: Path) -> None:
         for path in root.glob(pattern):
             if path.is_file():
                 path.unlink()
-
-
-def _import(client: docker.DockerClient, root: Path, tag: str) -> None:
-    repository, _, version = tag.partition(":")
-    tar = subprocess.Popen(
-        ["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", "-", "."],
-        stdout=subprocess.PIPE,
-    )
-    assert tar.stdout is not None
-    try:
-        client.api.import_image_from_stream(
-            tar.stdout, repository=repository, tag=version, changes=list(CHANGES)
-        )
-    except docker.errors.DockerException as err:
-        raise ProvisionError(f"docker import of {tag} failed: {err}") from err
-    finally:
-        tar.stdout.close()
-        if tar.wait() != 0:
-            raise ProvisionError(f"tar of the host root filesystem failed for {tag}")
-
-
-def _run(argv: list[str], what: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ProvisionError(f"{what} failed (exit {proc.returncode}): {tail[0]}")
-
-
-def _unmount_below(root: Path) -> None:
-    prefix = str(root) + os.sep
-    with open("/proc/self/mounts") as mounts:
-        points = [line.split()[1] for line in mounts]
-    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
-        subprocess.run(["umount", "-l", point], check=False)
