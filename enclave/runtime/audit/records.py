@@ -31,6 +31,12 @@ GENESIS_PREV = "0" * 64
 RESERVED = frozenset({"v", "seq", "prev", "time"})
 REQUIRED = ("v", "seq", "prev", "time", "event")
 
+# The monitoring agent's check results (docs/GATEWAY.md, "Monitoring agent"). `error` means
+# the check could not run; it counts as a failure (fail closed).
+AGENT_CHECK = "agent-check"
+CHECK_RESULTS = ("pass", "fail", "error", "not_applicable")
+FAILED_RESULTS = frozenset({"fail", "error"})
+
 
 def encode(obj: dict[str, Any]) -> bytes:
     """Canonical line bytes: sorted keys, no spaces, ASCII only (so the bytes are unambiguous)."""
@@ -113,6 +119,21 @@ def parse_record(entry: bytes) -> dict[str, Any]:
     if not isinstance(doc["event"], str) or not isinstance(doc["time"], str):
         raise ValueError("event and time must be strings")
     return doc
+
+
+def agent_check_problem(record: dict[str, Any]) -> str | None:
+    """Why an `agent-check` record is malformed, or None. Other events are not checked here."""
+    if record["event"] != AGENT_CHECK:
+        return None
+    for key in ("check", "result", "summary"):
+        if not isinstance(record.get(key), str):
+            return f"agent-check record needs a string {key!r}"
+    if record["result"] not in CHECK_RESULTS:
+        return f"agent-check result {record['result']!r} is not one of {', '.join(CHECK_RESULTS)}"
+    findings = record.get("findings")
+    if not isinstance(findings, list) or not all(isinstance(f, dict) for f in findings):
+        return "agent-check record needs a list of findings"
+    return None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

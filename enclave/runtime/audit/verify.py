@@ -17,9 +17,12 @@ from typing import Any
 from enclave.errors import IntegrityError, TrustError, UsageError
 from enclave.runtime.audit.merkle import MerkleTree, leaf_hash, verify_consistency
 from enclave.runtime.audit.records import (
+    AGENT_CHECK,
     CHECKPOINT_PAYLOAD_TYPE,
+    FAILED_RESULTS,
     GENESIS_PREV,
     TreeHead,
+    agent_check_problem,
     parse_record,
 )
 from enclave.trust.dsse import Envelope, verify_signatures
@@ -27,6 +30,7 @@ from enclave.trust.keys import PublicKey
 from enclave.trust.root import TrustRoot
 
 MAX_PROBLEMS = 50  # a log with every line changed should not print a million lines
+MAX_FAILED_CHECKS = 20  # the most recent failing agent checks shown in a report
 
 
 class LogVerificationError(IntegrityError):
@@ -64,6 +68,8 @@ class AuditReport:
     decisions: dict[str, int] = field(default_factory=dict)
     policy_digests: list[str] = field(default_factory=list)
     model_digests: list[str] = field(default_factory=list)
+    checks: dict[str, dict[str, int]] = field(default_factory=dict)  # agent check -> result -> count
+    failed_checks: list[str] = field(default_factory=list)  # the last failing agent checks, LOG:line
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -156,6 +162,11 @@ def analyse(
                 found.problem(f"{where}: the first record must be the log-open event carrying log_id")
             else:
                 report.log_id = record["log_id"]
+        malformed = agent_check_problem(record)
+        if malformed is not None:
+            found.problem(f"{where}: {malformed}: the line was modified or written by a broken agent")
+        else:
+            _tally_check(where, record, report)
         _tally(record, report, policies, policy_digests, model_digests)
     report.records = len(entries)
     report.policy_digests = list(policy_digests)
@@ -193,6 +204,16 @@ def _tally(
     model = record.get("model_digest")
     if isinstance(model, str):
         model_digests[model] = None
+
+
+def _tally_check(where: str, record: dict[str, Any], report: AuditReport) -> None:
+    if record["event"] != AGENT_CHECK:
+        return
+    results = report.checks.setdefault(record["check"], {})
+    results[record["result"]] = results.get(record["result"], 0) + 1
+    if record["result"] in FAILED_RESULTS:
+        report.failed_checks.append(f"{where}: {record['check']} {record['result']}: {record['summary']}")
+        del report.failed_checks[:-MAX_FAILED_CHECKS]
 
 
 def _checkpoints(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -66,7 +67,12 @@ class Sink(Protocol):
 
 
 class FileSink:
-    """LOG and LOG.checkpoints, opened O_APPEND; each append is write-all + fdatasync."""
+    """LOG and LOG.checkpoints, opened O_APPEND; each append is write-all + fdatasync.
+
+    The sink holds an exclusive `flock` on LOG for its lifetime: two writers (say a gateway
+    and a monitoring agent given the same path) would interleave two hash chains and leave
+    a log that no longer verifies, so the second one is refused before it reads or writes.
+    """
 
     def __init__(self, log: Path) -> None:
         self._fds: list[int] = []
@@ -76,6 +82,14 @@ class FileSink:
         except OSError as exc:
             self.close()
             raise UsageError(f"{log}: cannot open audit log for appending: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._records, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.close()
+            raise UsageError(
+                f"{log}: another process is writing this audit log (one writer per log file; "
+                "give the gateway and the agent a log each)"
+            ) from None
         # A new file's directory entry must be durable too, or a crash could lose the file.
         dir_fd = os.open(log.parent, os.O_RDONLY)
         try:
@@ -136,8 +150,10 @@ class AuditLog:
         state: _State,
         checkpoint_every: int,
         checkpoint_seconds: float,
+        component: str = "gateway",
     ) -> None:
         self.path = path
+        self.component = component
         self.signer = signer
         self._sink = sink
         self._state = state
@@ -165,16 +181,27 @@ class AuditLog:
         checkpoint_every: int = 1000,
         checkpoint_seconds: float = 10.0,
         sink: Sink | None = None,
+        component: str = "gateway",
     ) -> AuditLog:
         """Verify what is already in the log and prepare to continue it.
 
         `audit_keys`: keys whose checkpoints count (the trust root's audit role); default:
         the signer alone. A log that does not verify is never appended to (IntegrityError).
+        `component` names the start and stop records (`gateway-start`, `agent-start`, ...).
         """
         if checkpoint_every < 1 or checkpoint_seconds <= 0:
             raise UsageError("checkpoints need a positive record count and interval")
-        state = _recover(path, signer, audit_keys or {signer.keyid: signer.public})
-        return cls(path, signer, sink or FileSink(path), state, checkpoint_every, checkpoint_seconds)
+        if sink is None:
+            if not path.parent.is_dir():
+                raise UsageError(f"{path}: directory {path.parent} does not exist")
+            # Lock before recovery reads (and may cut) the file: never recover a live log.
+            sink = FileSink(path)
+        try:
+            state = _recover(path, signer, audit_keys or {signer.keyid: signer.public})
+        except BaseException:
+            sink.close()
+            raise
+        return cls(path, signer, sink, state, checkpoint_every, checkpoint_seconds, component)
 
     @property
     def healthy(self) -> bool:
@@ -203,7 +230,9 @@ class AuditLog:
             )
         if self._state.dropped:
             await self.append({"event": "log-recovered", **self._state.dropped})
-        await self.append({"event": "gateway-start", "audit_key": self.signer.keyid, **start_fields})
+        await self.append(
+            {"event": f"{self.component}-start", "audit_key": self.signer.keyid, **start_fields}
+        )
         await self.checkpoint()
 
     async def close(self, stop_fields: dict[str, Any] | None = None) -> None:
@@ -211,7 +240,7 @@ class AuditLog:
         try:
             if self.healthy and self._loop is not None:
                 with contextlib.suppress(AuditUnavailable):
-                    await self.append({"event": "gateway-stop", **(stop_fields or {})})
+                    await self.append({"event": f"{self.component}-stop", **(stop_fields or {})})
                     await self.checkpoint()
         finally:
             self._closing = True
