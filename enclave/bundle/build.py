@@ -8,18 +8,31 @@ build rather than producing a bundle whose statement does not match its content.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from enclave import __version__
-from enclave.bundle.digest import default_workers, digest_files, new_hash
-from enclave.bundle.manifest import Manifest, load_manifest
+from enclave.bundle.digest import (
+    READ_BLOCK,
+    FileDigest,
+    chunk_count,
+    combine,
+    default_workers,
+    digest_files,
+    iter_chunks,
+    new_hash,
+)
+from enclave.bundle.manifest import Component, Manifest, load_manifest
+from enclave.bundle.modelcard import gguf_metadata
+from enclave.bundle.modelsig import sign_model, signature_member
 from enclave.bundle.output import Sink, open_output
+from enclave.bundle.provenance import PROVENANCE_NAME, provenance_statement, sign_provenance, source_names
 from enclave.bundle.sbom import build_sbom
 from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import BundleStatement, ComponentEntry, Member
+from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member
 from enclave.bundle.tarformat import (
     CONTENT_PREFIX,
     ENVELOPE_NAME,
@@ -34,6 +47,7 @@ from enclave.bundle.tarformat import (
 from enclave.bundle.verify import check_archive, open_archive, read_envelope
 from enclave.bundle.volumes import VOLUME_SUFFIX, write_index
 from enclave.errors import UnsafeArchiveError, UsageError
+from enclave.images.export import ImageExporter
 from enclave.progress import Progress
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
 from enclave.trust.keys import SigningKey
@@ -85,29 +99,51 @@ def collect(manifest: Manifest) -> tuple[list[tuple[ComponentEntry, list[SourceF
     groups: list[tuple[ComponentEntry, list[SourceFile]]] = []
     everything: list[SourceFile] = []
     taken: dict[str, str] = {collision_key(ENVELOPE_NAME): ENVELOPE_NAME, collision_key(SBOM_NAME): SBOM_NAME}
-    for component in manifest.components:
-        if component.kind == "image" or component.path is None:
-            raise UsageError(
-                f"{manifest.source}: component {component.name}: kind image is not supported yet"
+    exporter = ImageExporter()  # connects to the engine only if the manifest has an image
+    try:
+        for component in manifest.components:
+            image: ImageRecord | None = None
+            if component.kind == "image":
+                image, pairs = _image_files(manifest, component, exporter)
+            elif component.path is None:
+                raise UsageError(f"{manifest.source}: component {component.name}: no path")
+            else:
+                pairs = list(_files_of(component.name, component.path))
+            files: list[SourceFile] = []
+            for name, path in pairs:
+                try:
+                    check_name(name)
+                except UnsafeArchiveError as exc:
+                    raise UsageError(f"{path}: {exc}") from None
+                key = collision_key(name)
+                if key in taken:
+                    raise UsageError(
+                        f"{path}: member {name!r} collides with {taken[key]!r} (case or Unicode form)"
+                    )
+                taken[key] = name
+                stat = path.stat()
+                files.append(SourceFile(name, path, 0o755 if stat.st_mode & 0o111 else 0o644, stat))
+            entry = ComponentEntry(
+                component.name, component.kind, tuple(f.name for f in files), component.format, image
             )
-        files: list[SourceFile] = []
-        for name, path in _files_of(component.name, component.path):
-            try:
-                check_name(name)
-            except UnsafeArchiveError as exc:
-                raise UsageError(f"{path}: {exc}") from None
-            key = collision_key(name)
-            if key in taken:
-                raise UsageError(
-                    f"{path}: member {name!r} collides with {taken[key]!r} (case or Unicode form)"
-                )
-            taken[key] = name
-            stat = path.stat()
-            files.append(SourceFile(name, path, 0o755 if stat.st_mode & 0o111 else 0o644, stat))
-        entry = ComponentEntry(component.name, component.kind, tuple(f.name for f in files), component.format)
-        groups.append((entry, files))
-        everything += files
+            groups.append((entry, files))
+            everything += files
+    finally:
+        exporter.close()
     return groups, everything
+
+
+def _image_files(
+    manifest: Manifest, component: Component, exporter: ImageExporter
+) -> tuple[ImageRecord, list[tuple[str, Path]]]:
+    """An image component's files: the image exported from the local engine into the blob
+    store (enclave.images), laid out under content/<component>/ (FORMAT.md, "Images")."""
+    if component.ref is None:
+        raise UsageError(f"{manifest.source}: component {component.name}: kind image needs a ref")
+    where = f"{manifest.source}: component {component.name}"
+    record, files = exporter.component_files(component.ref, where)
+    prefix = f"{CONTENT_PREFIX}{component.name}/"
+    return record, [(prefix + relative, path) for relative, path in files]
 
 
 def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
@@ -129,7 +165,12 @@ def build_bundle(
     volume_size: int | None = None,
 ) -> Path:
     """Build, sign and write the bundle. Returns the path that names it for `verify`: the
-    bundle file, or with `volume_size` the signed volume index beside `NAME-VERSION.bundle.NNN`."""
+    bundle file, or with `volume_size` the signed volume index beside `NAME-VERSION.bundle.NNN`.
+
+    Besides the content the bundle carries its provenance documents (FORMAT.md, "Provenance
+    documents"): the CycloneDX SBOM, the SLSA provenance (signed by the ECDSA keys among
+    `keys`), and for each model component an OpenSSF model signature by the first of them.
+    """
     if not keys:
         raise UsageError("at least one --key is needed to sign the bundle")
     manifest = load_manifest(manifest_path)
@@ -137,25 +178,57 @@ def build_bundle(
     created = format_time(created_time())
     groups, files = collect(manifest)
     total = sum(f.stat.st_size for f in files)
+    model_files = {f.name for entry, group in groups if entry.kind == "model" for f in group}
+    wants = [_plain_wanted(f, algorithm, manifest.chunk_size, f.name in model_files) for f in files]
     progress = Progress("hash", total) if show_progress else None
-    digests = digest_files([f.path for f in files], algorithm, manifest.chunk_size, workers, progress)
+    hashed = _hash_inputs(files, wants, algorithm, manifest.chunk_size, workers, progress)
     if progress is not None:
         progress.finish()
     content = [
         Member(
             f.name,
-            d.size,
+            h.digest.size,
             f.mode,
-            d.digest.hex(),
-            tuple(c.hex() for c in d.chunks) if len(d.chunks) > 1 else (),
+            h.digest.digest.hex(),
+            tuple(c.hex() for c in h.digest.chunks) if len(h.digest.chunks) > 1 else (),
+            h.plain[algorithm].hex() if len(h.digest.chunks) > 1 else "",
         )
-        for f, d in zip(files, digests, strict=True)
+        for f, h in zip(files, hashed, strict=True)
     ]
     components = tuple(entry for entry, _ in groups)
-    sbom = build_sbom(manifest.name, manifest.version, created, algorithm, components, content, __version__)
-    sbom_hash = new_hash(algorithm)
-    sbom_hash.update(sbom)
-    sbom_member = Member(SBOM_NAME, len(sbom), 0o644, sbom_hash.hexdigest())
+    signatures = _model_signatures(
+        components, content, dict(zip((f.name for f in files), hashed, strict=True)), keys
+    )
+    sbom = build_sbom(
+        manifest.name,
+        manifest.version,
+        created,
+        algorithm,
+        components,
+        content,
+        __version__,
+        _model_facts(groups),
+    )
+    described = [
+        Member.of_bytes(name, data, algorithm, manifest.chunk_size)
+        for name, data in [(SBOM_NAME, sbom), *signatures]
+    ]
+    inputs = [(f.name, f.path) for entry, group in groups if entry.image is None for f in group]
+    provenance = sign_provenance(
+        provenance_statement(
+            manifest,
+            algorithm,
+            digest,
+            components,
+            [*described, *content],
+            source_names(manifest, inputs),
+            created,
+            format_time(created_time()),  # SOURCE_DATE_EPOCH again when reproducible
+            __version__,
+        ),
+        keys,
+    )
+    head = [(SBOM_NAME, sbom), (PROVENANCE_NAME, provenance), *signatures]
     statement = BundleStatement(
         manifest.name,
         manifest.version,
@@ -163,7 +236,12 @@ def build_bundle(
         algorithm,
         manifest.chunk_size,
         components,
-        (sbom_member, *content),
+        (
+            described[0],
+            Member.of_bytes(PROVENANCE_NAME, provenance, algorithm, manifest.chunk_size),
+            *described[1:],
+            *content,
+        ),
     )
     envelope = Envelope(IN_TOTO_PAYLOAD_TYPE, statement.to_payload())
     for key in keys:
@@ -172,7 +250,8 @@ def build_bundle(
     mtime = statement.mtime
     with open_output(target, volume_size) as sink:
         offset = _write_member(sink, ENVELOPE_NAME, envelope.to_json(), mtime)
-        offset += _write_member(sink, SBOM_NAME, sbom, mtime)
+        for name, data in head:
+            offset += _write_member(sink, name, data, mtime)
         copy_progress = Progress("write", total) if show_progress else None
         for source, member in zip(files, content, strict=True):
             header = member_header(member.name, member.size, member.mode, mtime)
@@ -194,6 +273,136 @@ def build_bundle(
     if volume_size is None:
         return target
     return write_index(target, sink.finals, statement, envelope.payload, keys, volume_size)
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    digest: FileDigest  # the bundle-format digest and its chunks
+    plain: dict[str, bytes]  # plain H(content) by algorithm, where it was asked for
+
+
+def _plain_wanted(source: SourceFile, algorithm: str, chunk_size: int, model: bool) -> frozenset[str]:
+    """The plain digests a file needs beyond its chunk digests: the bundle's algorithm when it
+    has several chunks (SBOM, SLSA; one chunk's digest already is the plain one), and SHA-256
+    for model files (OpenSSF model signature), unless that is already one of the two."""
+    multi = chunk_count(source.stat.st_size, chunk_size) > 1
+    wanted = {algorithm} if multi else set()
+    if model and (multi or algorithm != "sha256"):
+        wanted.add("sha256")
+    return frozenset(wanted)
+
+
+def _hash_inputs(
+    files: Sequence[SourceFile],
+    wants: Sequence[frozenset[str]],
+    algorithm: str,
+    chunk_size: int,
+    workers: int | None,
+    progress: Progress | None,
+) -> list[_Hashed]:
+    """Every file's chunk digests, plus the plain digests in `wants`, in one read of each file.
+
+    Files that need no plain digest are hashed chunk by chunk on all cores (digest_files). A
+    plain digest is one sequential pass, so a file that needs one is streamed once in order and
+    each block feeds its chunk hash and its plain hashes on separate threads: the file costs
+    the slowest of those hashes rather than their sum. Several such files run side by side.
+    """
+    results: list[_Hashed | None] = [None] * len(files)
+    chunked = [i for i, wanted in enumerate(wants) if not wanted]
+    found = digest_files([files[i].path for i in chunked], algorithm, chunk_size, workers, progress)
+    for i, file_digest in zip(chunked, found, strict=True):
+        results[i] = _Hashed(file_digest, {})
+    streamed = [i for i, wanted in enumerate(wants) if wanted]
+    side_by_side = max(1, (workers or default_workers()) // 2)
+    with ThreadPoolExecutor(max_workers=side_by_side) as pool:
+        futures = [
+            (i, pool.submit(_stream_digest, files[i].path, algorithm, chunk_size, wants[i], progress))
+            for i in streamed
+        ]
+        for i, future in futures:
+            results[i] = future.result()
+    done = [r for r in results if r is not None]
+    assert len(done) == len(files)
+    return done
+
+
+def _stream_digest(
+    path: Path, algorithm: str, chunk_size: int, plain: frozenset[str], progress: Progress | None
+) -> _Hashed:
+    """One sequential read of `path`; per block, the chunk hash and each plain hash update on
+    their own thread (hashlib releases the GIL), while the next block is read into the other
+    buffer."""
+    block = min(READ_BLOCK, chunk_size)  # both powers of two: blocks never straddle a chunk
+    hashes = {name: new_hash(name) for name in sorted(plain)}
+    buffers = (bytearray(block), bytearray(block))
+    chunks: list[bytes] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        with ThreadPoolExecutor(max_workers=1 + len(hashes)) as lanes:
+            pending: list[Future[None]] = []
+            turn = 0
+            for offset, length in iter_chunks(size, chunk_size):
+                chunk = new_hash(algorithm)
+                done = 0
+                while done < length:
+                    view = memoryview(buffers[turn])[: min(block, length - done)]
+                    if os.preadv(fd, [view], offset + done) != len(view):
+                        raise UsageError(f"{path}: changed while the bundle was being built")
+                    for future in pending:  # the previous block is hashed: its buffer is free
+                        future.result()
+                    pending = [lanes.submit(h.update, view) for h in (chunk, *hashes.values())]
+                    turn ^= 1
+                    done += len(view)
+                    if progress is not None:
+                        progress(len(view))
+                for future in pending:
+                    future.result()
+                pending = []
+                chunks.append(chunk.digest())
+    finally:
+        os.close(fd)
+    file_digest = FileDigest(size, combine(algorithm, chunk_size, chunks), tuple(chunks))
+    return _Hashed(file_digest, {name: h.digest() for name, h in hashes.items()})
+
+
+def _model_signatures(
+    components: Sequence[ComponentEntry],
+    content: Sequence[Member],
+    hashed: Mapping[str, _Hashed],
+    keys: Sequence[SigningKey],
+) -> list[tuple[str, bytes]]:
+    """An OpenSSF model signature per model component, by the first ECDSA P-384 key (the only
+    kind model_signing verifies). A build signed only with ML-DSA keys has none."""
+    key = next((k for k in keys if k.public.algorithm == "ecdsa-p384"), None)
+    if key is None:
+        return []
+    by_name = {m.name: m for m in content}
+    signatures = []
+    for component in components:
+        if component.kind != "model" or not component.members:
+            continue
+        prefix = f"{CONTENT_PREFIX}{component.name}/"
+        sha256 = {}
+        for name in component.members:
+            plain = hashed[name].plain.get("sha256")
+            if plain is None:  # a sha256 bundle: the plain digest is already at hand
+                plain = bytes.fromhex(by_name[name].plain_digest)
+            sha256[name.removeprefix(prefix)] = plain.hex()
+        signatures.append((signature_member(component.name), sign_model(component.name, sha256, key)))
+    return signatures
+
+
+def _model_facts(groups: Sequence[tuple[ComponentEntry, Sequence[SourceFile]]]) -> dict[str, dict[str, str]]:
+    """Model card facts per model component, from its first GGUF file (shards share them)."""
+    facts = {}
+    for entry, group in groups:
+        gguf = next((f for f in group if f.name.endswith(".gguf")), None)
+        if entry.kind == "model" and gguf is not None:
+            found = gguf_metadata(gguf.path)
+            if found:
+                facts[entry.name] = found
+    return facts
 
 
 def _write_member(sink: Sink, name: str, data: bytes, mtime: int) -> int:

@@ -1,26 +1,37 @@
-"""Describe a bundle without trusting it: components, members, sizes, digests, signers.
+"""Describe a bundle without trusting it: components, members, sizes, digests, signers, and
+its provenance documents (SBOM summary, SLSA provenance, OpenSSF model signatures).
 
-Nothing here decides trust; `--trust` only labels which signatures a root would accept.
+Nothing here decides trust; `--trust` only labels which signatures a root would accept. The
+provenance documents sit right after the envelope, so only they are read (each checked against
+its signed digest first: a mismatch is an integrity failure); content is not read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
+from enclave.bundle.modelsig import MAX_SIGNATURE_BYTES, SIGNATURE_DIR, parse_signature
+from enclave.bundle.provenance import MAX_PROVENANCE_BYTES, PROVENANCE_NAME, parse_provenance
 from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import BundleStatement
+from enclave.bundle.statement import BundleStatement, Member
+from enclave.bundle.tarformat import CONTENT_PREFIX, SBOM_NAME, member_header, member_span
 from enclave.bundle.verify import read_envelope
+from enclave.errors import IntegrityError, UnsafeArchiveError
 from enclave.trust.dsse import pae
 from enclave.trust.root import TrustRoot
+
+MAX_SBOM_BYTES = 64 * 1024 * 1024
 
 
 def inspect_bundle(paths: list[Path], root: TrustRoot | None = None) -> dict[str, Any]:
     with ArchiveSource(paths) as source:
         member = read_envelope(source)
         size = source.size
-    statement = BundleStatement.from_payload(member.envelope.payload)
+        statement = BundleStatement.from_payload(member.envelope.payload)
+        documents = read_documents(source, member.end, statement)
     message = pae(member.envelope.payload_type, member.envelope.payload)
     signers = []
     for signature in member.envelope.signatures:
@@ -60,9 +71,136 @@ def inspect_bundle(paths: list[Path], root: TrustRoot | None = None) -> dict[str
                 "size": m.size,
                 "mode": f"{m.mode:04o}",
                 "digest": m.digest,
+                "plainDigest": m.plain_digest,  # H(content): what sha384sum and the SBOM show
                 "chunks": len(m.chunk_digests()),
             }
             for m in statement.members
         ],
         **statement.extra,
+        **describe_documents(documents, root),
     }
+
+
+def _is_document(name: str) -> bool:
+    return name in (SBOM_NAME, PROVENANCE_NAME) or name.startswith(SIGNATURE_DIR)
+
+
+def _cap(name: str) -> int:
+    if name == SBOM_NAME:
+        return MAX_SBOM_BYTES
+    return MAX_PROVENANCE_BYTES if name == PROVENANCE_NAME else MAX_SIGNATURE_BYTES
+
+
+def read_documents(source: ArchiveSource, envelope_end: int, statement: BundleStatement) -> dict[str, bytes]:
+    """The provenance documents, located through the statement (they precede the content) and
+    each checked against its signed digest before it is parsed."""
+    found: dict[str, bytes] = {}
+    offset, mtime = envelope_end, statement.mtime
+    for member in statement.members:
+        if member.name.startswith(CONTENT_PREFIX):
+            break
+        if _is_document(member.name):
+            found[member.name] = _read_member(source, offset, member, statement)
+        offset += member_span(member.name, member.size, member.mode, mtime)
+    return found
+
+
+def _read_member(source: ArchiveSource, offset: int, member: Member, statement: BundleStatement) -> bytes:
+    if member.size > _cap(member.name):
+        raise UnsafeArchiveError(
+            f"member {member.name!r}: {member.size} bytes exceeds the {_cap(member.name)} byte cap"
+        )
+    header = member_header(member.name, member.size, member.mode, statement.mtime)
+    if source.read_exact(offset, len(header), f"the header of {member.name}") != header:
+        raise IntegrityError(f"member {member.name!r}: not where the statement places it")
+    data = source.read_exact(offset + len(header), member.size, member.name)
+    if Member.of_bytes(member.name, data, statement.digest, statement.chunk_size).digest != member.digest:
+        raise IntegrityError(f"member {member.name!r}: digest mismatch")
+    return data
+
+
+def _sbom_summary(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        components = []
+        hashes = 0
+        for c in doc["components"]:
+            files = c.get("components", [])
+            hashes += len(c.get("hashes", [])) + sum(len(f.get("hashes", [])) for f in files)
+            components.append({"name": c["name"], "type": c["type"], "files": len(files)})
+        return {
+            "member": SBOM_NAME,
+            "format": f"{doc['bomFormat']} {doc['specVersion']}",
+            "serialNumber": doc["serialNumber"],
+            "components": components,
+            "hashes": hashes,
+        }
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{SBOM_NAME}: not a CycloneDX SBOM: {exc!r}") from None
+
+
+def describe_documents(documents: dict[str, bytes], root: TrustRoot | None) -> dict[str, Any]:
+    """The `sbom`, `provenance` and `modelSignatures` parts of inspect's output (None / []
+    for a bundle built before they existed)."""
+    sbom = _sbom_summary(documents[SBOM_NAME]) if SBOM_NAME in documents else None
+    provenance = None
+    if PROVENANCE_NAME in documents:
+        provenance = {"member": PROVENANCE_NAME} | parse_provenance(documents[PROVENANCE_NAME]).summary(root)
+    signatures = []
+    ecdsa = [k for k in root.role_keys("bundle").values() if k.algorithm == "ecdsa-p384"] if root else []
+    for name, data in documents.items():
+        if not name.startswith(SIGNATURE_DIR):
+            continue
+        signature = parse_signature(data, name)
+        entry: dict[str, Any] = {
+            "member": name,
+            "component": name.removeprefix(SIGNATURE_DIR).removesuffix(".sig"),
+            "format": "OpenSSF model-signing v1.0 (Sigstore bundle v0.3)",
+            "files": len(signature.resources),
+            "digest": {"sha256": signature.root},
+            "keyHint": signature.hint,
+        }
+        if root is not None:
+            signer = next((k for k in ecdsa if signature.signed_by(k)), None)
+            entry |= {"signer": signer.keyid if signer else None, "valid": signer is not None}
+        signatures.append(entry)
+    return {"sbom": sbom, "provenance": provenance, "modelSignatures": signatures}
+
+
+def document_lines(doc: dict[str, Any]) -> list[str]:
+    """Human lines for the provenance documents in an inspect_bundle result (for the CLI)."""
+    lines = []
+    sbom = doc.get("sbom")
+    if sbom:
+        kinds = ", ".join(f"{c['name']} ({c['type']}, {c['files']} files)" for c in sbom["components"])
+        lines.append(
+            f"  sbom: {sbom['member']} {sbom['format']}, {sbom['hashes']} hashes, {sbom['serialNumber']}"
+        )
+        lines.append(f"    {kinds}")
+    else:
+        lines.append("  sbom: none")
+    provenance = doc.get("provenance")
+    if provenance:
+        p = provenance
+        signed = ", ".join(
+            s["keyid"][:16] + (f" valid={s['valid']}" if "valid" in s else "") for s in p["signatures"]
+        )
+        lines += [
+            f"  provenance: {p['member']} {p['predicateType']}",
+            f"    builder {p['builder']}, build type {p['buildType']}",
+            f"    manifest {p['manifest']['name']}, {p['startedOn']} .. {p['finishedOn']}",
+            f"    {p['subjects']} subjects, {p['resolvedDependencies']} resolved dependencies",
+            f"    signed by {signed or 'nobody'}",
+        ]
+    else:
+        lines.append("  provenance: none")
+    for sig in doc.get("modelSignatures", []):
+        valid = f", signer {str(sig['signer'])[:16]} valid={sig['valid']}" if "valid" in sig else ""
+        lines += [
+            f"  model signature: {sig['member']} ({sig['format']}) over content/{sig['component']}/",
+            f"    {sig['files']} files, sha256 {sig['digest']['sha256']}",
+            f"    key hint {sig['keyHint'][:16]}{valid}",
+        ]
+    if not doc.get("modelSignatures"):
+        lines.append("  model signatures: none")
+    return lines

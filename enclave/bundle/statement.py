@@ -7,11 +7,12 @@ reader of the format; parsing is strict (unknown or missing fields are errors).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from enclave.bundle.digest import chunk_count, combine
+from enclave.bundle.digest import chunk_count, combine, new_hash
 from enclave.bundle.tarformat import ENVELOPE_NAME, check_name, collision_key
 from enclave.errors import IntegrityError, UnsafeArchiveError
 from enclave.trust.root import canonical, parse_time
@@ -24,6 +25,12 @@ HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 MIN_CHUNK, MAX_CHUNK = 1 << 20, 1 << 30
 
 
+def _plain(algorithm: str, data: bytes) -> str:
+    h = new_hash(algorithm)
+    h.update(data)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Member:
     name: str
@@ -31,9 +38,67 @@ class Member:
     mode: int
     digest: str  # hex; for a multi-chunk file, defined from `chunks` (digest.combine)
     chunks: tuple[str, ...] = ()  # hex per chunk, only for files of more than one chunk
+    # hex H(content), only for files of more than one chunk (a single chunk's digest is already
+    # the plain one): what CycloneDX, SLSA and `sha384sum` compare. Signed by the builder, not
+    # recomputed by `verify`, which checks the chunks instead (FORMAT.md, "Provenance documents").
+    plain: str = ""
 
     def chunk_digests(self) -> tuple[str, ...]:
         return self.chunks or (self.digest,)
+
+    @property
+    def plain_digest(self) -> str:
+        """H(content) in the bundle's algorithm, for every file."""
+        return self.plain or self.digest
+
+    @classmethod
+    def of_bytes(cls, name: str, data: bytes, algorithm: str, chunk_size: int, mode: int = 0o644) -> Member:
+        """The entry of an in-memory member (the documents a build writes), chunked like a file."""
+        view = memoryview(data)
+        chunks = []
+        for index in range(chunk_count(len(data), chunk_size)):
+            h = new_hash(algorithm)
+            h.update(view[index * chunk_size : (index + 1) * chunk_size])
+            chunks.append(h.digest())
+        if len(chunks) == 1:
+            return cls(name, len(data), mode, chunks[0].hex())
+        return cls(
+            name,
+            len(data),
+            mode,
+            combine(algorithm, chunk_size, chunks).hex(),
+            tuple(c.hex() for c in chunks),
+            _plain(algorithm, data),
+        )
+
+
+# An image component's signed identity (FORMAT.md, "Images"). Digests are `sha256:<hex>`,
+# the engine's own form; `id` is the digest of the image config (the Docker image ID),
+# `manifestDigest` the digest of the OCI manifest blob carried in the bundle.
+IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+IMAGE_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+# NAME:TAG as `docker load` accepts it in a docker-archive's RepoTags (a tag is required there).
+IMAGE_REF = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?::[0-9]+)?"  # first component, or a host[:port]
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str  # sha256:<hex> of the image config blob
+    manifest_digest: str  # sha256:<hex> of the OCI image manifest blob
+    platform: str  # os/architecture[/variant]
+    ref: str  # NAME:TAG the image is loaded under
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "manifestDigest": self.manifest_digest,
+            "platform": self.platform,
+            "ref": self.ref,
+        }
 
 
 @dataclass(frozen=True)
@@ -42,6 +107,7 @@ class ComponentEntry:
     kind: str
     members: tuple[str, ...]
     format: str | None = None
+    image: ImageRecord | None = None  # exactly for kind image
 
 
 @dataclass(frozen=True)
@@ -78,11 +144,12 @@ class BundleStatement:
             "components": [
                 {"name": c.name, "kind": c.kind, "members": list(c.members)}
                 | ({"format": c.format} if c.format else {})
+                | ({"image": c.image.to_dict()} if c.image else {})
                 for c in self.components
             ],
             "members": [
                 {"name": m.name, "size": m.size, "mode": f"{m.mode:04o}"}
-                | ({"chunks": list(m.chunks)} if m.chunks else {})
+                | ({"chunks": list(m.chunks), "plainDigest": m.plain} if m.chunks else {})
                 for m in self.members
             ],
         } | self.extra
@@ -135,6 +202,32 @@ def _hex(value: Any, algorithm: str, where: str) -> str:
     return text
 
 
+def _match(pattern: re.Pattern[str], value: Any, where: str, what: str) -> str:
+    text = _str(value, where)
+    if len(text) > 255 or not pattern.fullmatch(text):
+        raise ValueError(f"{where} is not {what}")
+    return text
+
+
+def _image(entry: dict[str, Any], where: str) -> ImageRecord | None:
+    """The optional `image` object: required for kind image, refused for every other kind."""
+    if entry["kind"] != "image":
+        if "image" in entry:
+            raise ValueError(f"{where}.image is only allowed for kind image")
+        return None
+    if "image" not in entry:
+        raise ValueError(f"{where}: kind image needs an image object")
+    obj = _fields(entry["image"], {"id", "manifestDigest", "platform", "ref"}, set(), f"{where}.image")
+    return ImageRecord(
+        id=_match(IMAGE_DIGEST, obj["id"], f"{where}.image.id", "a sha256:<hex> digest"),
+        manifest_digest=_match(
+            IMAGE_DIGEST, obj["manifestDigest"], f"{where}.image.manifestDigest", "a sha256:<hex> digest"
+        ),
+        platform=_match(IMAGE_PLATFORM, obj["platform"], f"{where}.image.platform", "os/architecture"),
+        ref=_match(IMAGE_REF, obj["ref"], f"{where}.image.ref", "an image reference NAME:TAG"),
+    )
+
+
 def _parse(doc: Any) -> BundleStatement:
     _fields(doc, {"_type", "subject", "predicateType", "predicate"}, set(), "statement")
     if doc["_type"] != STATEMENT_TYPE or doc["predicateType"] != PREDICATE_TYPE:
@@ -162,7 +255,7 @@ def _parse(doc: Any) -> BundleStatement:
     for index, (subject, entry) in enumerate(zip(subjects, pred["members"], strict=True)):
         where = f"predicate.members[{index}]"
         _fields(subject, {"name", "digest"}, set(), f"subject[{index}]")
-        _fields(entry, {"name", "size", "mode"}, {"chunks"}, where)
+        _fields(entry, {"name", "size", "mode"}, {"chunks", "plainDigest"}, where)
         name = _str(entry["name"], f"{where}.name")
         if subject["name"] != name:
             raise ValueError(f"subject[{index}] and {where} name different members")
@@ -186,14 +279,19 @@ def _parse(doc: Any) -> BundleStatement:
             defined = combine(algorithm, chunk_size, [bytes.fromhex(c) for c in chunks]).hex()
             if defined != digest:
                 raise ValueError(f"subject[{index}] digest is not the one its chunks define")
-        elif "chunks" in entry:
-            raise ValueError(f"{where}.chunks given for a single-chunk file")
-        members.append(Member(name, size, mode, digest, chunks))
+            if "plainDigest" not in entry:
+                raise ValueError(f"{where}.plainDigest is missing for a multi-chunk file")
+            plain = _hex(entry["plainDigest"], algorithm, f"{where}.plainDigest")
+        elif "chunks" in entry or "plainDigest" in entry:
+            raise ValueError(f"{where}: chunks and plainDigest are only for multi-chunk files")
+        else:
+            plain = ""
+        members.append(Member(name, size, mode, digest, chunks, plain))
     listed = {m.name for m in members}
     components: list[ComponentEntry] = []
     for index, entry in enumerate(pred["components"]):
         where = f"predicate.components[{index}]"
-        _fields(entry, {"name", "kind", "members"}, {"format"}, where)
+        _fields(entry, {"name", "kind", "members"}, {"format", "image"}, where)
         if entry["kind"] not in KINDS:
             raise ValueError(f"{where}.kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
         names = tuple(_str(n, f"{where}.members") for n in entry["members"])
@@ -202,7 +300,11 @@ def _parse(doc: Any) -> BundleStatement:
         fmt = entry.get("format")
         components.append(
             ComponentEntry(
-                _str(entry["name"], f"{where}.name"), entry["kind"], names, fmt and _str(fmt, where)
+                _str(entry["name"], f"{where}.name"),
+                entry["kind"],
+                names,
+                fmt and _str(fmt, where),
+                _image(entry, where),
             )
         )
     extra: dict[str, Any] = {k: pred[k] for k in ("base", "volumes") if k in pred}
