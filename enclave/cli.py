@@ -100,8 +100,18 @@ def cmd_trust_init(args: argparse.Namespace) -> Result:
 
 def cmd_trust_show(args: argparse.Namespace) -> Result:
     from enclave.trust.root import ROLES, TrustRoot
+    from enclave.trust.state import StateDir, default_state_dir
 
-    root = TrustRoot.load(Path(args.root))
+    if args.root is None:  # the root the high side trusts now
+        state = StateDir(Path(args.state_dir) if args.state_dir else default_state_dir())
+        stored = state.read_root()
+        if stored is None:
+            raise UsageError(
+                f"{state.root_path}: no trust root stored; give ROOT or run `enclave trust update`"
+            )
+        root, args.root = stored, str(state.root_path)
+    else:
+        root = TrustRoot.load(Path(args.root))
     doc: dict[str, Any] = {
         "path": args.root,
         "version": root.version,
@@ -126,6 +136,95 @@ def cmd_trust_show(args: argparse.Namespace) -> Result:
         doc["valid"], status = False, f"NOT VALID: {exc}"
     lines.append(f"  status: {status}")
     return "\n".join(lines), doc
+
+
+def cmd_trust_rotate(args: argparse.Namespace) -> Result:
+    from enclave.trust.keys import PublicKey
+    from enclave.trust.root import ROLES, TrustRoot, default_expiry, sign_document
+    from enclave.trust.rotation import keyid_named, next_root, rotation_status
+    from enclave.trust.state import atomic_write
+
+    old = TrustRoot.load(Path(args.old))
+    old.check_signed()
+    new_path = Path(args.new)
+    existing: list[dict[str, str]] = []
+    if new_path.exists():  # co-signing a draft another root key holder started
+        if args.add_key or args.revoke or args.threshold or args.expires is not None:
+            raise UsageError(
+                f"{new_path}: exists; --add-key, --revoke, --threshold, --expires only create it"
+            )
+        draft = TrustRoot.load(new_path)
+        signed = draft.signed
+        existing = [{"keyid": keyid, "sig": sig.hex()} for keyid, sig in draft.signatures]
+    else:
+        add: dict[str, list[PublicKey]] = {}
+        for value in args.add_key:
+            role, _, pub = value.partition("=")
+            if role not in ROLES or not pub:
+                raise UsageError(
+                    f"--add-key {value!r}: expected ROLE=PUB with ROLE one of {', '.join(ROLES)}"
+                )
+            add.setdefault(role, []).append(PublicKey.load(Path(pub)))
+        thresholds = _thresholds(args.threshold)
+        unknown = set(thresholds) - set(ROLES)
+        if unknown:
+            raise UsageError(f"--threshold: unknown role {sorted(unknown)[0]!r} (roles: {', '.join(ROLES)})")
+        signed = next_root(
+            old,
+            default_expiry(datetime.now(UTC), 365 if args.expires is None else args.expires),
+            add,
+            [keyid_named(v, old) for v in args.revoke],
+            thresholds,
+        )
+    signers = _load_keys(args.sign)
+    useful = set(old.roles["root"].keyids) | set(signed["roles"]["root"]["keyids"])
+    for path, key in zip(args.sign, signers, strict=True):
+        if key.keyid not in useful:
+            raise UsageError(f"{path}: not a root key of v{old.version} or of v{signed['version']}")
+    data = sign_document(signed, signers, existing)
+    new = TrustRoot.from_json(data, str(new_path))
+    status = rotation_status(old, new)
+    atomic_write(new_path, data)
+    state = "complete: the high side will accept it" if status.complete else "incomplete"
+    return (
+        f"{new_path}: trust root v{new.version} (rotation of v{old.version}), {state}\n  {status.explain()}",
+        {
+            "path": str(new_path),
+            "version": new.version,
+            "digest": new.digest,
+            "expires": new.signed["expires"],
+            "complete": status.complete,
+            "oldRootSigners": [k.keyid for k in status.by_old.signers],
+            "newRootSigners": [k.keyid for k in status.by_new.signers],
+        },
+    )
+
+
+def cmd_trust_update(args: argparse.Namespace) -> Result:
+    from enclave.trust.root import TrustRoot
+    from enclave.trust.rotation import apply_chain, resolve
+    from enclave.trust.state import StateDir
+
+    state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
+    given = TrustRoot.load(Path(args.trust)) if args.trust else None
+    offered = [TrustRoot.load(Path(p)) for p in args.roots]
+    with state.locked():
+        stored = state.read_root()
+        start = resolve(stored, given).root
+        final = apply_chain(start, offered)
+        final.check(datetime.now(UTC))  # never store a root that already refuses everything
+        state.store_root(final)
+    before = f"v{stored.version}" if stored else "none"
+    return (
+        f"{state.root_path}: trusted root {before} -> v{final.version} (expires {final.signed['expires']})",
+        {
+            "stateDir": str(state.path),
+            "previousVersion": stored.version if stored else None,
+            "version": final.version,
+            "digest": final.digest,
+            "expires": final.signed["expires"],
+        },
+    )
 
 
 # -- bundle -----------------------------------------------------------------------------------
@@ -192,7 +291,7 @@ def cmd_bundle_sign(args: argparse.Namespace) -> Result:
 
 
 def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
-    from enclave.bundle.inspect import inspect_bundle
+    from enclave.bundle.inspect import document_lines, inspect_bundle
     from enclave.trust.root import TrustRoot
 
     root = TrustRoot.load(Path(args.trust)) if args.trust else None
@@ -215,6 +314,7 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
         f"    {c['name']:<16} {c['kind']:<10} {c['files']:>6} files {c['bytes']:>14} bytes"
         for c in doc["components"]
     ]
+    lines += document_lines(doc)  # SBOM summary, provenance, model signatures
     lines.append("  members:")
     lines += [f"    {m['size']:>14}  {m['mode']}  {m['digest'][:24]}  {m['name']}" for m in doc["members"]]
     return "\n".join(lines), doc
@@ -223,34 +323,86 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
 def cmd_bundle_verify(args: argparse.Namespace) -> Result:
     from enclave.bundle.verify import verify_bundle
     from enclave.bundle.volumes import resolve as resolve_volumes
+    from enclave.trust.receipts import Evidence, ReceiptLog, check_new_file, record
     from enclave.trust.root import TrustRoot
+    from enclave.trust.rotation import resolve
+    from enclave.trust.state import StateDir
 
-    if args.receipt:
-        raise UsageError("--receipt: verification receipts are not available in this version")
-    root = TrustRoot.load(Path(args.trust))
-    paths, _index = resolve_volumes(Path(args.bundle), root)
-    result = verify_bundle(
-        paths,
-        root,
-        _now(args),
-        extract_to=Path(args.extract_to) if args.extract_to else None,
-    )
+    # Before anything is checked: where the receipt goes, so that every verification leaves one.
+    state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
+    log = ReceiptLog(state)
+    log.check()
+    receipt = Path(args.receipt) if args.receipt else None
+    if receipt is not None:
+        check_new_file(receipt)
+    (signer,) = _load_keys([args.audit_key]) if args.audit_key else (None,)
+    now = _now(args)
+    # --at: an auditor's re-check as of a past time. It changes no state, and ignores the rollback
+    # record unless it extracts: nothing is published past rollback protection.
+    audit = args.at is not None
+    guarded = not audit or bool(args.extract_to)
+    evidence = Evidence([args.bundle], now, "audit" if audit else "admission")
+    try:
+        given = TrustRoot.load(Path(args.trust)) if args.trust else None
+        if not guarded and given is None:
+            given = state.read_root()
+        anchor = resolve(state.read_root(), given).root if guarded or given is None else given
+        paths, _index = resolve_volumes(Path(args.bundle), anchor)  # a volume or index names them all
+        evidence.files = [str(p) for p in paths]
+        if signer is not None and signer.keyid not in anchor.roles["audit"].keyids:
+            signer = None  # its signature would not count: the receipt of this refusal is unsigned
+            raise UsageError(f"{args.audit_key}: not a key of the audit role of trust root v{anchor.version}")
+        result = verify_bundle(
+            paths,
+            given,
+            now,
+            extract_to=Path(args.extract_to) if args.extract_to else None,
+            state=state if guarded else None,
+            record=not audit,
+            evidence=evidence,
+        )
+    except Exception as exc:
+        record(log, evidence, exc, signer, receipt)
+        raise
+    line = record(log, evidence, None, signer, receipt)
     statement = result.statement
     doc = {
         "bundle": result.bundle,
         "name": statement.name,
         "version": statement.version,
         "result": "verified",
+        "mode": evidence.mode,
         "statementDigest": {"sha256": result.statement_digest},
-        "signers": [{"keyid": k.keyid, "scheme": k.scheme} for k in result.signers],
-        "trustRoot": {"version": root.version, "digest": root.digest},
+        "signers": evidence.signers,
+        "trustRoot": {"version": result.root.version, "digest": result.root.digest},
         "checks": result.checks,
         "extractedTo": str(result.extracted_to) if result.extracted_to else None,
+        "receipt": {"log": str(log.path), "path": args.receipt, "signed": signer is not None, **line},
     }
     lines = [f"{result.bundle}: {statement.name} {statement.version} verified"] + [
         f"  ok  {c}" for c in result.checks
     ]
+    lines.append(f"  receipt {line['seq']} in {log.path}" + (f", {receipt}" if receipt else ""))
     return "\n".join(lines), doc
+
+
+def cmd_receipts_verify(args: argparse.Namespace) -> Result:
+    from enclave.trust.receipts import verify_receipt_log
+    from enclave.trust.root import TrustRoot
+    from enclave.trust.state import StateDir, default_state_dir
+
+    state = StateDir(Path(args.state_dir) if args.state_dir else default_state_dir())
+    path = Path(args.log) if args.log else state.receipts_path
+    root = TrustRoot.load(Path(args.trust)) if args.trust else state.read_root()
+    if root is None:
+        raise UsageError(f"no trust root: give --trust ROOT ({state.root_path} does not exist)")
+    root.check(_now(args))
+    report = verify_receipt_log(path, root, args.require_signed, [Path(w) for w in args.witness])
+    text = (
+        f"{path}: {report.receipts} receipts, hash chain intact; {report.signed} signed by the audit role, "
+        f"{report.unsigned} unsigned; {report.verified} verifications passed, {report.failed} failed"
+    )
+    return "\n".join([text, *(f"  warning: {w}" for w in report.warnings)]), report.to_dict()
 
 
 def cmd_bundle_digest(args: argparse.Namespace) -> Result:
@@ -312,6 +464,54 @@ def cmd_audit_export(args: argparse.Namespace) -> Result:
     return f"forensic package written to {out}", {"out": str(out)}
 
 
+# -- runtime: monitoring agent ----------------------------------------------------------------
+def cmd_agent_run(args: argparse.Namespace) -> Result:
+    from enclave.runtime.agent import check_once, run
+
+    hardening = [Path(p) for p in args.hardening_file] or None
+    canaries = Path(args.canaries) if args.canaries else None
+    if args.once:
+        report = check_once(
+            Path(args.bundle_dir),
+            Path(args.trust),
+            Path(args.audit_log),
+            Path(args.audit_key),
+            args.gateway,
+            canaries,
+            hardening_files=hardening,
+            rebaseline=args.rebaseline_hardening,
+        )
+        error = report.error()
+        if error is not None:
+            if not args.json:  # every finding, then the one-line error main() prints
+                print(report.text(), file=sys.stderr)
+            raise error
+        return report.text(), report.to_dict()
+    run(
+        Path(args.bundle_dir),
+        Path(args.trust),
+        Path(args.audit_log),
+        Path(args.audit_key),
+        args.interval,
+        args.listen,
+        args.gateway,
+        canaries,
+        False,
+        hardening_files=hardening,
+        rebaseline=args.rebaseline_hardening,
+    )
+    return "agent stopped", {"stopped": True}
+
+
+def cmd_agent_baseline(args: argparse.Namespace) -> Result:
+    import asyncio
+
+    from enclave.runtime.agent import record_baselines
+
+    count = asyncio.run(record_baselines(Path(args.canaries), args.gateway, Path(args.out)))
+    return f"{args.out}: {count} canary baselines recorded", {"out": args.out, "baselines": count}
+
+
 def cmd_testbed(args: argparse.Namespace) -> Result:
     from enclave import testbed
 
@@ -343,6 +543,69 @@ def cmd_demo(args: argparse.Namespace) -> Result:
         "steps": [{"step": t, "result": r, "seconds": round(s, 2)} for t, r, s in report.steps],
         "artefacts": report.artefacts,
     }
+
+
+# -- images -----------------------------------------------------------------------------------
+def cmd_images_load(args: argparse.Namespace) -> Result:
+    from enclave.images.engine import connect
+    from enclave.images.load import extraction_dir, load_verified, verified_statement
+
+    client = connect(args.engine)  # an engine that does not answer fails before anything is read
+    try:
+        with extraction_dir(Path(args.extract_to) if args.extract_to else None) as tree:
+            # Exactly `bundle verify`, with its options (trust, state, rollback, receipt), into `tree`.
+            text, doc = cmd_bundle_verify(argparse.Namespace(**{**vars(args), "extract_to": str(tree)}))
+            statement = verified_statement(tree, doc["statementDigest"]["sha256"])
+            images = load_verified(client, tree, statement)
+    finally:
+        client.close()
+    lines = text.splitlines()
+    if not args.extract_to:  # the scratch copy is gone: do not point at it
+        doc["extractedTo"] = None
+        doc["checks"] = [c for c in doc["checks"] if not c.startswith("published ")]
+        lines = [line for line in lines if not line.startswith("  ok  published ")]
+    doc["engine"] = args.engine or "local"
+    doc["images"] = [i.to_dict() for i in images]
+    doc["checks"] += [i.check for i in images]
+    at = next((n for n, line in enumerate(lines) if line.startswith("  receipt ")), len(lines))
+    lines[at:at] = [f"  ok  {i.check}" for i in images]
+    return "\n".join(lines), doc
+
+
+def cmd_images_base(args: argparse.Namespace) -> Result:
+    import time
+
+    from enclave.images.base import ensure_base
+    from enclave.images.engine import connect
+
+    say = None if args.json else (lambda line: print(line, file=sys.stderr))
+    started = time.monotonic()
+    client = connect(None)
+    try:
+        tag = ensure_base(client, say, rebuild=args.rebuild)
+        image = client.images.get(tag)
+    finally:
+        client.close()
+    seconds = round(time.monotonic() - started, 1)
+    doc = {"tag": tag, "id": image.id, "size": image.attrs["Size"], "seconds": seconds}
+    return f"{tag}  {image.id[:19]}  {doc['size']} bytes  ({seconds} s)", doc
+
+
+def cmd_images_build(args: argparse.Namespace) -> Result:
+    from enclave.images.engine import connect
+    from enclave.images.reference import IMAGES, build_images
+
+    say = None if args.json else (lambda line: print(line, file=sys.stderr))
+    client = connect(None)
+    try:
+        built = build_images(client, args.image or IMAGES, say)
+    finally:
+        client.close()
+    lines = [
+        f"{b.ref:<28} {b.id[:19]}  {b.size:>11} bytes  {'built' if b.built else 'cached'}, {b.seconds:.1f} s"
+        for b in built
+    ]
+    return "\n".join(lines), {"images": [b.to_dict() for b in built]}
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -382,8 +645,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-hybrid", action="store_true", help="do not require classical + post-quantum for bundles"
     )
     p = sub(trust, "show", cmd_trust_show, "show a trust root and check it")
-    p.add_argument("root")
+    p.add_argument("root", nargs="?", help="default: the root stored in the state directory")
+    p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
     p.add_argument("--at", metavar="TIME", help="check as of TIME (YYYY-MM-DDTHH:MM:SSZ)")
+    p = sub(trust, "rotate", cmd_trust_rotate, "write or co-sign root version N+1 (rotation, revocation)")
+    p.add_argument("old", metavar="OLD.json")
+    p.add_argument("new", metavar="NEW.json", help="created from OLD when missing, else co-signed")
+    p.add_argument("--sign", action="append", required=True, metavar="KEY")
+    p.add_argument("--add-key", action="append", default=[], metavar="ROLE=PUB")
+    p.add_argument("--revoke", action="append", default=[], metavar="PUB|KEYID", help="drop from every role")
+    p.add_argument("--threshold", action="append", default=[], metavar="ROLE=N")
+    p.add_argument("--expires", type=int, metavar="DAYS", help="from now (default 365)")
+    p = sub(trust, "update", cmd_trust_update, "apply root rotations to the trusted root (high side)")
+    p.add_argument("roots", nargs="*", metavar="NEW.json", help="roots N+1, N+2, ... in any order")
+    p.add_argument("--trust", metavar="ROOT", help="the first root, when the state directory holds none")
+    p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
 
     bundle = top.add_parser("bundle", help="build, sign, inspect, verify bundles").add_subparsers(
         dest="action", required=True
@@ -416,17 +692,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", metavar="ROOT", help="label signatures against this trust root")
     p = sub(bundle, "verify", cmd_bundle_verify, "verify signatures and every byte; optionally extract")
     p.add_argument("bundle")
-    p.add_argument("--trust", required=True, metavar="ROOT")
-    p.add_argument("--state-dir", metavar="DIR", default="/var/lib/enclave")
+    p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
+    p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
     p.add_argument(
         "--extract-to", metavar="DIR", help="a new directory; it appears only when every check passed"
     )
-    p.add_argument("--receipt", metavar="PATH")
-    p.add_argument("--at", metavar="TIME", help="verify as of TIME (YYYY-MM-DDTHH:MM:SSZ)")
+    p.add_argument("--receipt", metavar="PATH", help="also write the receipt here (a new file)")
+    p.add_argument("--audit-key", metavar="KEY", help="sign the receipt (a key of the audit role)")
+    p.add_argument(
+        "--at", metavar="TIME", help="audit re-check as of TIME (YYYY-MM-DDTHH:MM:SSZ); state untouched"
+    )
     p = sub(bundle, "digest", cmd_bundle_digest, "print the bundle-format digest of a loose file")
     p.add_argument("file")
     p.add_argument("--digest", default="sha384", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--chunk-size", metavar="SIZE")
+    images = top.add_parser("images", help="offline image builds; load images from a bundle").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(images, "load", cmd_images_load, "verify a bundle, then load its images into a Docker engine")
+    p.add_argument("bundle")
+    p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
+    p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
+    p.add_argument("--extract-to", metavar="DIR", help="keep the verified content here (a new directory)")
+    p.add_argument("--receipt", metavar="PATH", help="also write the receipt here (a new file)")
+    p.add_argument("--audit-key", metavar="KEY", help="sign the receipt (a key of the audit role)")
+    p.add_argument(
+        "--at", metavar="TIME", help="audit re-check as of TIME (YYYY-MM-DDTHH:MM:SSZ); state untouched"
+    )
+    p.add_argument(
+        "--engine",
+        metavar="URL",
+        help="unix:///PATH or ssh://[USER@]HOST[:PORT] (default: DOCKER_HOST or the local socket)",
+    )
+    p = sub(images, "base", cmd_images_base, "build the Debian base image offline (cached by recipe)")
+    p.add_argument("--rebuild", action="store_true", help="build even if the engine has it")
+    p = sub(images, "build", cmd_images_build, "build the reference images offline (cached by content)")
+    p.add_argument("image", nargs="*", help="default: enclave-gateway enclave-agent enclave-model-server")
+
     testbed = top.add_parser("testbed", help="the local simulated enclave").add_subparsers(
         dest="action", required=True
     )
@@ -470,6 +772,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("log")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--trust", required=True, metavar="ROOT")
+
+    receipts = top.add_parser("receipts", help="verification receipts").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(receipts, "verify", cmd_receipts_verify, "check the receipt log's hash chain and signatures")
+    p.add_argument("log", nargs="?", help="default: receipts.log in the state directory")
+    p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
+    p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
+    p.add_argument(
+        "--witness", action="append", default=[], metavar="RECEIPT", help="a receipt file kept elsewhere"
+    )
+    p.add_argument("--require-signed", action="store_true", help="an unsigned receipt is a failure")
+    p.add_argument("--at", metavar="TIME", help="check the root as of TIME")
+
+    agent = top.add_parser("agent", help="the monitoring agent").add_subparsers(dest="action", required=True)
+    p = sub(agent, "run", cmd_agent_run, "re-check the deployed bundle, images, hardening and canaries")
+    p.add_argument(
+        "--bundle-dir", required=True, metavar="DIR", help="what bundle verify --extract-to published"
+    )
+    p.add_argument("--trust", required=True, metavar="ROOT", help="the trust root in use")
+    p.add_argument("--audit-log", required=True, metavar="PATH", help="the agent's own audit log")
+    p.add_argument("--audit-key", required=True, metavar="KEY", help="a key of the root's audit role")
+    p.add_argument("--interval", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--listen", default="127.0.0.1:9108", metavar="ADDR:PORT", help="/metrics and /healthz")
+    p.add_argument("--gateway", metavar="URL", help="the safety gateway the canaries go through")
+    p.add_argument("--canaries", metavar="FILE", help="canary prompts (needs --gateway)")
+    p.add_argument(
+        "--hardening-file", action="append", default=[], metavar="PATH", help="replaces the default set"
+    )
+    p.add_argument(
+        "--rebaseline-hardening", action="store_true", help="accept the current state as the baseline"
+    )
+    p.add_argument("--once", action="store_true", help="every check once; exit code of the first failure")
+    p = sub(agent, "baseline", cmd_agent_baseline, "record allowed canaries' answers as their baselines")
+    p.add_argument("--canaries", required=True, metavar="FILE")
+    p.add_argument("--gateway", required=True, metavar="URL")
+    p.add_argument("--out", required=True, metavar="FILE", help="a new file")
 
     p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")
     p.add_argument("--down", action="store_true", help="remove what the demo made")
