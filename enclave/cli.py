@@ -238,11 +238,17 @@ def cmd_bundle_build(args: argparse.Namespace) -> Result:
     from enclave.bundle.build import build_bundle
     from enclave.bundle.manifest import parse_size
 
-    if args.base:
-        raise UsageError("--base is not available in this version")
+    if args.base and args.base_statement:
+        raise UsageError("give --base or --base-statement, not both")
+    base = args.base or args.base_statement
     volume_size = parse_size(args.volume_size, "--volume-size") if args.volume_size else None
     path = build_bundle(
-        Path(args.manifest), Path(args.out), _load_keys(args.key), args.digest, volume_size=volume_size
+        Path(args.manifest),
+        Path(args.out),
+        _load_keys(args.key),
+        args.digest,
+        volume_size=volume_size,
+        base=Path(base) if base else None,
     )
     return str(path), {"bundle": str(path)}
 
@@ -608,6 +614,54 @@ def cmd_images_build(args: argparse.Namespace) -> Result:
     return "\n".join(lines), {"images": [b.to_dict() for b in built]}
 
 
+# -- content store ----------------------------------------------------------------------------
+def _store(args: argparse.Namespace) -> Any:
+    from enclave.bundle.store import ContentStore
+    from enclave.trust.state import StateDir
+
+    return ContentStore.under(StateDir.open(Path(args.state_dir) if args.state_dir else None).path)
+
+
+def cmd_store_ls(args: argparse.Namespace) -> Result:
+    store = _store(args)
+    bundles = store.accepted()
+    objects = list(store.iter_objects())
+    size = sum(p.stat().st_size for _, _, p in objects)
+    lines = [f"{store.path}: {len(objects)} chunks, {size} bytes"]
+    lines += [f"  {b.name} {b.version}  statement {b.statement_digest[:16]}" for b in bundles]
+    doc = {
+        "store": str(store.path),
+        "objects": len(objects),
+        "bytes": size,
+        "bundles": [
+            {"name": b.name, "version": b.version, "statementDigest": b.statement_digest} for b in bundles
+        ],
+    }
+    return "\n".join(lines), doc
+
+
+def cmd_store_verify(args: argparse.Namespace) -> Result:
+    from enclave.errors import IntegrityError
+
+    report = _store(args).verify()
+    if report.damaged:
+        for path in report.damaged:
+            print(f"damaged: {path}", file=sys.stderr)
+        raise IntegrityError(
+            f"{len(report.damaged)} of {report.objects} stored chunks are damaged, first {report.damaged[0]}"
+        )
+    return f"{report.objects} stored chunks, {report.bytes} bytes: every digest matches", {
+        "objects": report.objects,
+        "bytes": report.bytes,
+        "damaged": [],
+    }
+
+
+def cmd_store_gc(args: argparse.Namespace) -> Result:
+    removed, freed = _store(args).gc(args.keep)
+    return f"removed {removed} chunks, {freed} bytes", {"removed": removed, "bytes": freed}
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -670,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", action="append", required=True, metavar="KEY")
     p.add_argument("--digest", choices=["sha256", "sha384", "sha512"])
     p.add_argument("--volume-size", metavar="SIZE")
-    p.add_argument("--base", metavar="OLD")
+    p.add_argument("--base", metavar="OLD", help="differential: leave out what this older bundle carries")
+    p.add_argument("--base-statement", metavar="FILE", help="differential, from the base's BUNDLE.dsse.json")
     p = sub(bundle, "split", cmd_bundle_split, "split a co-signed bundle into media volumes + signed index")
     p.add_argument("bundle")
     p.add_argument("--volume-size", required=True, metavar="SIZE", help="e.g. 4GiB, 4.7GB")
@@ -728,6 +783,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="build even if the engine has it")
     p = sub(images, "build", cmd_images_build, "build the reference images offline (cached by content)")
     p.add_argument("image", nargs="*", help="default: enclave-gateway enclave-agent enclave-model-server")
+
+    store = top.add_parser("store", help="the high side's content store").add_subparsers(
+        dest="action", required=True
+    )
+    for action, handler, text in (
+        ("ls", cmd_store_ls, "list accepted bundle versions and stored chunks"),
+        ("verify", cmd_store_verify, "re-hash every stored chunk; name the damaged ones"),
+        ("gc", cmd_store_gc, "keep only the chunks of the last N versions of each bundle"),
+    ):
+        p = sub(store, action, handler, text)
+        p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
+        if action == "gc":
+            p.add_argument("--keep", type=int, required=True, metavar="N")
 
     testbed = top.add_parser("testbed", help="the local simulated enclave").add_subparsers(
         dest="action", required=True

@@ -7,6 +7,8 @@ build rather than producing a bundle whose statement does not match its content.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -163,9 +165,14 @@ def build_bundle(
     workers: int | None = None,
     show_progress: bool = True,
     volume_size: int | None = None,
+    base: Path | None = None,
 ) -> Path:
     """Build, sign and write the bundle. Returns the path that names it for `verify`: the
     bundle file, or with `volume_size` the signed volume index beside `NAME-VERSION.bundle.NNN`.
+
+    With `base` (an older bundle of the same name, or its BUNDLE.dsse.json as the high side
+    keeps it), a differential bundle: content chunks the base already has are left out; the
+    statement still lists every file and chunk, and names the base.
 
     Besides the content the bundle carries its provenance documents (FORMAT.md, "Provenance
     documents"): the CycloneDX SBOM, the SLSA provenance (signed by the ECDSA keys among
@@ -229,6 +236,11 @@ def build_bundle(
         keys,
     )
     head = [(SBOM_NAME, sbom), (PROVENANCE_NAME, provenance), *signatures]
+    extra: dict[str, object] = {}
+    if base is not None:
+        base_statement, base_ref = read_base(base, manifest.name, algorithm, manifest.chunk_size)
+        extra["base"] = base_ref
+        content = left_out(content, base_statement, manifest.chunk_size)
     statement = BundleStatement(
         manifest.name,
         manifest.version,
@@ -242,6 +254,7 @@ def build_bundle(
             *described[1:],
             *content,
         ),
+        extra,
     )
     envelope = Envelope(IN_TOTO_PAYLOAD_TYPE, statement.to_payload())
     for key in keys:
@@ -254,19 +267,23 @@ def build_bundle(
             offset += _write_member(sink, name, data, mtime)
         copy_progress = Progress("write", total) if show_progress else None
         for source, member in zip(files, content, strict=True):
-            header = member_header(member.name, member.size, member.mode, mtime)
+            size = member.archive_size(manifest.chunk_size)
+            if not member.in_archive:
+                continue
+            header = member_header(member.name, size, member.mode, mtime)
             sink.write(header)
             src = os.open(source.path, os.O_RDONLY)
             try:
-                sink.copy_from(src, 0, member.size)
+                for start, length in _runs(member, manifest.chunk_size):
+                    sink.copy_from(src, start, length)
                 if not _same_file(source.stat, os.fstat(src)):
                     raise UsageError(f"{source.path}: changed while the bundle was being built")
             finally:
                 os.close(src)
-            sink.write(b"\x00" * padding(member.size))
-            offset += len(header) + member.size + padding(member.size)
+            sink.write(b"\x00" * padding(size))
+            offset += len(header) + size + padding(size)
             if copy_progress is not None:
-                copy_progress(member.size)
+                copy_progress(size)
         if copy_progress is not None:
             copy_progress.finish()
         sink.write(b"\x00" * trailer_size(offset))
@@ -432,7 +449,11 @@ def sign_bundle(
         envelope = member.envelope
         envelope.sign(key)
         mtime = statement.mtime
-        content_end = member.end + sum(member_span(m.name, m.size, m.mode, mtime) for m in statement.members)
+        content_end = member.end + sum(
+            member_span(m.name, m.archive_size(statement.chunk_size), m.mode, mtime)
+            for m in statement.members
+            if m.in_archive
+        )
         temporary = path.with_name(f".{path.name}.signing-{os.getpid()}")
         temporary.unlink(missing_ok=True)
         with open_output(temporary) as sink:
@@ -446,3 +467,59 @@ def sign_bundle(
             sink.write(b"\x00" * trailer_size(offset))
         os.replace(temporary, path)
     return envelope
+
+
+def read_base(
+    path: Path, name: str, algorithm: str, chunk_size: int
+) -> tuple[BundleStatement, dict[str, object]]:
+    """The base's statement, from a bundle or from its envelope file; it must match this build."""
+    if path.name.endswith(".json"):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read base statement: {exc.strerror}") from None
+        envelope = Envelope.from_json(raw, str(path))
+    else:
+        with ArchiveSource([path]) as source:
+            envelope = read_envelope(source).envelope
+    statement = BundleStatement.from_payload(envelope.payload)
+    if statement.name != name:
+        raise UsageError(f"{path}: base is bundle {statement.name!r}, not {name!r}")
+    if (statement.digest, statement.chunk_size) != (algorithm, chunk_size):
+        raise UsageError(
+            f"{path}: base uses {statement.digest}/{statement.chunk_size}; the build must use the same"
+        )
+    ref: dict[str, object] = {
+        "name": statement.name,
+        "version": statement.version,
+        "statementDigest": {"sha256": hashlib.sha256(envelope.payload).hexdigest()},
+    }
+    return statement, ref
+
+
+def left_out(content: Sequence[Member], base: BundleStatement, chunk_size: int) -> list[Member]:
+    """Mark which chunks each member must carry: those the base does not have."""
+    have = {c for m in base.members for c in m.chunk_digests()}
+    marked = []
+    for member in content:
+        digests = member.chunk_digests()
+        carried = tuple(i for i, d in enumerate(digests) if d not in have)
+        marked.append(
+            member if len(carried) == len(digests) else dataclasses.replace(member, carried=carried)
+        )
+    return marked
+
+
+def _runs(member: Member, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) ranges of the input to copy: consecutive carried chunks merged."""
+    start = length = 0
+    for index in member.carried_chunks():
+        chunk_start = index * chunk_size
+        if length and start + length == chunk_start:
+            length += member.chunk_length(index, chunk_size)
+            continue
+        if length:
+            yield start, length
+        start, length = chunk_start, member.chunk_length(index, chunk_size)
+    if length or member.size == 0:
+        yield start, length

@@ -16,7 +16,7 @@ from typing import Any
 from enclave.bundle.modelsig import MAX_SIGNATURE_BYTES, SIGNATURE_DIR, parse_signature
 from enclave.bundle.provenance import MAX_PROVENANCE_BYTES, PROVENANCE_NAME, parse_provenance
 from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import BundleStatement, Member
+from enclave.bundle.statement import BundleStatement, Member, base_of
 from enclave.bundle.tarformat import CONTENT_PREFIX, SBOM_NAME, member_header, member_span
 from enclave.bundle.verify import read_envelope
 from enclave.errors import IntegrityError, UnsafeArchiveError
@@ -74,9 +74,11 @@ def inspect_bundle(paths: list[Path], root: TrustRoot | None = None) -> dict[str
                 "plainDigest": m.plain_digest,  # H(content): what sha384sum and the SBOM show
                 "chunks": len(m.chunk_digests()),
             }
+            | ({"carried": list(m.carried)} if m.carried is not None else {})
             for m in statement.members
         ],
         **statement.extra,
+        **_differential(statement),
         **describe_documents(documents, root),
     }
 
@@ -204,3 +206,33 @@ def document_lines(doc: dict[str, Any]) -> list[str]:
     if not doc.get("modelSignatures"):
         lines.append("  model signatures: none")
     return lines
+
+
+def _differential(statement: BundleStatement) -> dict[str, Any]:
+    """What a differential bundle saves, and what it needs from its base."""
+    base = base_of(statement)
+    if base is None:
+        return {}
+    chunk = statement.chunk_size
+    carried = sum(m.archive_size(chunk) for m in statement.members)
+    needed = [
+        {
+            "member": m.name,
+            "chunks": len(m.chunk_digests()) - len(m.carried_chunks()),
+            "bytes": m.size - m.archive_size(chunk),
+        }
+        for m in statement.members
+        if m.carried is not None
+    ]
+    return {
+        "differential": {
+            "base": {
+                "name": base.name,
+                "version": base.version,
+                "statementDigest": {"sha256": base.statement_digest},
+            },
+            "bytesCarried": carried,
+            "bytesFromBase": statement.total_size - carried,
+            "fromBase": needed,
+        }
+    }

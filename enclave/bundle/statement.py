@@ -42,9 +42,28 @@ class Member:
     # the plain one): what CycloneDX, SLSA and `sha384sum` compare. Signed by the builder, not
     # recomputed by `verify`, which checks the chunks instead (FORMAT.md, "Provenance documents").
     plain: str = ""
+    # Differential bundles: indices of the chunks this archive carries; the others come from the
+    # base version in the high side's content store. None: every chunk is carried.
+    carried: tuple[int, ...] | None = None
 
     def chunk_digests(self) -> tuple[str, ...]:
         return self.chunks or (self.digest,)
+
+    def chunk_length(self, index: int, chunk_size: int) -> int:
+        return min(chunk_size, self.size - index * chunk_size)
+
+    def carried_chunks(self) -> tuple[int, ...]:
+        return tuple(range(len(self.chunk_digests()))) if self.carried is None else self.carried
+
+    def archive_size(self, chunk_size: int) -> int:
+        """Bytes of this member in the archive: the carried chunks, concatenated in order."""
+        if self.carried is None:
+            return self.size
+        return sum(self.chunk_length(i, chunk_size) for i in self.carried)
+
+    @property
+    def in_archive(self) -> bool:
+        return self.carried is None or bool(self.carried)
 
     @property
     def plain_digest(self) -> str:
@@ -150,6 +169,7 @@ class BundleStatement:
             "members": [
                 {"name": m.name, "size": m.size, "mode": f"{m.mode:04o}"}
                 | ({"chunks": list(m.chunks), "plainDigest": m.plain} if m.chunks else {})
+                | ({"carried": list(m.carried)} if m.carried is not None else {})
                 for m in self.members
             ],
         } | self.extra
@@ -255,7 +275,7 @@ def _parse(doc: Any) -> BundleStatement:
     for index, (subject, entry) in enumerate(zip(subjects, pred["members"], strict=True)):
         where = f"predicate.members[{index}]"
         _fields(subject, {"name", "digest"}, set(), f"subject[{index}]")
-        _fields(entry, {"name", "size", "mode"}, {"chunks", "plainDigest"}, where)
+        _fields(entry, {"name", "size", "mode"}, {"chunks", "plainDigest", "carried"}, where)
         name = _str(entry["name"], f"{where}.name")
         if subject["name"] != name:
             raise ValueError(f"subject[{index}] and {where} name different members")
@@ -286,7 +306,8 @@ def _parse(doc: Any) -> BundleStatement:
             raise ValueError(f"{where}: chunks and plainDigest are only for multi-chunk files")
         else:
             plain = ""
-        members.append(Member(name, size, mode, digest, chunks, plain))
+        carried = _carried(entry, where, expected_chunks, "base" in pred)
+        members.append(Member(name, size, mode, digest, chunks, plain, carried))
     listed = {m.name for m in members}
     components: list[ComponentEntry] = []
     for index, entry in enumerate(pred["components"]):
@@ -307,6 +328,8 @@ def _parse(doc: Any) -> BundleStatement:
                 _image(entry, where),
             )
         )
+    if "base" in pred:
+        _base(pred["base"])
     extra: dict[str, Any] = {k: pred[k] for k in ("base", "volumes") if k in pred}
     return BundleStatement(
         name=_str(pred["name"], "predicate.name"),
@@ -318,3 +341,40 @@ def _parse(doc: Any) -> BundleStatement:
         members=tuple(members),
         extra=extra,
     )
+
+
+def _carried(entry: dict[str, Any], where: str, chunks: int, differential: bool) -> tuple[int, ...] | None:
+    if "carried" not in entry:
+        return None
+    if not differential:
+        raise ValueError(f"{where}.carried is only for differential bundles (predicate.base)")
+    raw = entry["carried"]
+    if not isinstance(raw, list) or any(not isinstance(i, int) or isinstance(i, bool) for i in raw):
+        raise ValueError(f"{where}.carried must be a list of chunk indices")
+    if raw != sorted(set(raw)) or (raw and not 0 <= raw[0] <= raw[-1] < chunks):
+        raise ValueError(f"{where}.carried must be increasing chunk indices below {chunks}")
+    if len(raw) == chunks:
+        raise ValueError(f"{where}.carried lists every chunk: omit it")
+    return tuple(raw)
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    name: str
+    version: str
+    statement_digest: str  # sha256 of the base bundle's signed statement
+
+
+def _base(raw: Any) -> BaseRef:
+    doc = _fields(raw, {"name", "version", "statementDigest"}, set(), "predicate.base")
+    digest = _fields(doc["statementDigest"], {"sha256"}, set(), "predicate.base.statementDigest")["sha256"]
+    if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError("predicate.base.statementDigest.sha256 must be a sha256 hex digest")
+    return BaseRef(
+        _str(doc["name"], "predicate.base.name"), _str(doc["version"], "predicate.base.version"), digest
+    )
+
+
+def base_of(statement: BundleStatement) -> BaseRef | None:
+    """The base a differential bundle builds on (None for a full bundle)."""
+    return _base(statement.extra["base"]) if "base" in statement.extra else None

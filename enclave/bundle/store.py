@@ -88,6 +88,27 @@ class ContentStore:
         os.close(fd)
         os.replace(temporary, target)
 
+    def keep_tree(self, tree: Path, statement: BundleStatement) -> int:
+        """Keep every chunk of a verified, not yet published tree; returns bytes added."""
+        added = 0
+        buffer = bytearray(statement.chunk_size)
+        for member in statement.members:
+            fd = os.open(tree / member.name, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                for index, digest in enumerate(member.chunk_digests()):
+                    if self.has(statement.digest, digest):
+                        continue
+                    view = memoryview(buffer)[: member.chunk_length(index, statement.chunk_size)]
+                    if os.preadv(fd, [view], index * statement.chunk_size) != len(view):
+                        raise IntegrityError(f"{tree / member.name}: changed before it was published")
+                    self.put_verified(statement.digest, digest, view)
+                    added += len(view)
+            finally:
+                os.close(fd)
+        if self.objects.is_dir():
+            fsync_dir(self.objects)
+        return added
+
     def read_verified(self, algorithm: str, digest: str, view: memoryview) -> None:
         """Fill `view` with the stored chunk, re-checking its digest: a damaged or missing
         object fails closed (IntegrityError naming it), never hands back unchecked bytes."""

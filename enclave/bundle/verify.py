@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 
 from enclave.bundle.digest import default_workers, hash_range, new_hash
 from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import BundleStatement, Member
+from enclave.bundle.statement import BundleStatement, Member, base_of
+from enclave.bundle.store import ContentStore
 from enclave.bundle.tarformat import (
     BLOCK,
     ENVELOPE_NAME,
@@ -168,7 +169,9 @@ class _ContentCheck:
         staging: Path | None,
         workers: int,
         progress: Progress | None,
+        store: ContentStore | None = None,
     ) -> None:
+        self.store = store
         self.source = source
         self.statement = statement
         self.staging = staging
@@ -181,7 +184,9 @@ class _ContentCheck:
         self.futures: list[Future[None]] = []
         self.progress = progress
 
-    def submit_member(self, member: Member, data_offset: int) -> None:
+    def submit_member(self, member: Member, data_offset: int | None) -> None:
+        """Schedule every chunk: carried ones from the archive at `data_offset` (their bytes are
+        concatenated there), the others (differential bundles) from the content store."""
         digests = member.chunk_digests()
         target = self.staging / member.name if self.staging else None
         if target is not None:
@@ -195,12 +200,18 @@ class _ContentCheck:
                 os.close(fd)
         self.remaining[member.name] = len(digests)
         chunk = self.statement.chunk_size
+        position = {index: n for n, index in enumerate(member.carried_chunks())}
         for index, expected in enumerate(digests):
             if self.failure is not None:
                 return
-            length = min(chunk, member.size - index * chunk)
+            length = member.chunk_length(index, chunk)
+            offset = (
+                None
+                if data_offset is None or index not in position
+                else data_offset + position[index] * chunk
+            )
             self.window.acquire()
-            args = (member, index, data_offset + index * chunk, length, expected, target)
+            args = (member, index, offset, length, expected, target)
             self.futures.append(self.pool.submit(self._check, *args))
 
     def _buffer(self, length: int) -> memoryview:
@@ -211,25 +222,38 @@ class _ContentCheck:
         return memoryview(buffer)[:length]
 
     def _check(
-        self, member: Member, index: int, offset: int, length: int, expected: str, target: Path | None
+        self, member: Member, index: int, offset: int | None, length: int, expected: str, target: Path | None
     ) -> None:
         try:
             if self.failure is not None:
                 return
-            if target is None:
-                digest = hash_range(self.source.pread_into, offset, length, self.statement.digest)
+            algorithm = self.statement.digest
+            if offset is None:  # a base chunk: from the store, its digest re-checked there
+                if self.store is None:
+                    raise IntegrityError(
+                        f"member {member.name!r}: chunk {index} is in the base; no content store"
+                    )
+                view = self._buffer(length)
+                self.store.read_verified(algorithm, expected, view)
+                digest = bytes.fromhex(expected)
+            elif target is None:
+                digest = hash_range(self.source.pread_into, offset, length, algorithm)
             else:
                 view = self._buffer(length)
                 if self.source.pread_into(view, offset) != length:
                     raise IntegrityError(
                         f"{self.source.locate(offset)}: truncated inside member {member.name!r}"
                     )
-                h = new_hash(self.statement.digest)
-                h.update(view)
-                digest = h.digest()
+                hasher = new_hash(algorithm)
+                hasher.update(view)
+                digest = hasher.digest()
             if digest.hex() != expected:
                 where = f"chunk {index} " if member.chunks else ""
-                volume = f" [in {self.source.locate(offset).name}]" if len(self.source.paths) > 1 else ""
+                volume = (
+                    f" [in {self.source.locate(offset).name}]"
+                    if offset is not None and len(self.source.paths) > 1
+                    else ""
+                )
                 raise IntegrityError(f"member {member.name!r}: {where}digest mismatch{volume}")
             if target is not None:
                 self._write(target, member, index, view)
@@ -301,15 +325,17 @@ def _walk_members(
         index = statement.index.get(info.name)
         if index is None:
             raise IntegrityError(f"member {info.name!r}: not in the signed statement (extra member)")
+        expected = _skip_base_members(statement, expected, content)
         if index != expected:
             missing = statement.members[expected].name
             raise IntegrityError(
                 f"member {missing!r}: missing or out of order (found {info.name!r} in its place)"
             )
         member = statement.members[index]
-        if info.size != member.size:
+        if info.size != member.archive_size(statement.chunk_size):
             raise IntegrityError(
-                f"member {info.name!r}: size {info.size} in the archive, {member.size} signed"
+                f"member {info.name!r}: size {info.size} in the archive,"
+                f" {member.archive_size(statement.chunk_size)} signed"
             )
         if info.offset_data + info.size > source.size:
             raise IntegrityError(f"{source.locate(source.size - 1)}: truncated inside member {info.name!r}")
@@ -317,11 +343,20 @@ def _walk_members(
         content.submit_member(member, info.offset_data)
         expected += 1
         end = info.offset_data + info.size + padding(info.size)
+    expected = _skip_base_members(statement, expected, content)
     if expected < len(statement.members):
         raise IntegrityError(
             f"member {statement.members[expected].name!r}: signed but missing from the archive"
         )
     return end
+
+
+def _skip_base_members(statement: BundleStatement, expected: int, content: _ContentCheck) -> int:
+    """Members a differential bundle does not carry at all: every chunk comes from the store."""
+    while expected < len(statement.members) and not statement.members[expected].in_archive:
+        content.submit_member(statement.members[expected], None)
+        expected += 1
+    return expected
 
 
 def _check_trailer(source: ArchiveSource, end: int) -> None:
@@ -378,6 +413,24 @@ def _publish(staging: Path, target: Path, envelope_raw: bytes) -> None:
         os.close(fd)
 
 
+def _content_store(state: StateDir | None, statement: BundleStatement, keep: bool) -> ContentStore | None:
+    """The store this verification reads (differential) or fills (publishing); checks the base."""
+    base = base_of(statement)
+    if state is None:
+        if base is not None:
+            raise UsageError(
+                f"{ENVELOPE_NAME}: a differential bundle needs the state directory's content store"
+            )
+        return None
+    store = ContentStore.under(state.path)
+    if base is not None and store.find(base.statement_digest) is None:
+        raise IntegrityError(
+            f"{ENVELOPE_NAME}: base {base.name} {base.version} (statement {base.statement_digest[:16]})"
+            " was never verified here: its content is not in the store"
+        )
+    return store if (keep or base is not None) else None
+
+
 def check_archive(
     source: ArchiveSource,
     tar: tarfile.TarFile,
@@ -386,14 +439,16 @@ def check_archive(
     staging: Path | None = None,
     workers: int | None = None,
     show_progress: bool = True,
+    store: ContentStore | None = None,
 ) -> None:
     """Everything but the signatures: headers, order, sizes, chunk digests, the exact end.
 
-    With `staging`, verified chunks are written there (and only verified chunks).
+    With `staging`, verified chunks are written there (and only verified chunks). With `store`,
+    verified chunks are kept there, and a differential bundle's base chunks are read from it.
     """
     _check_header(source, envelope.info, 0o644, statement.mtime)  # its header was read before trust
     progress = Progress("verify", statement.total_size) if show_progress else None
-    content = _ContentCheck(source, statement, staging, workers or default_workers(), progress)
+    content = _ContentCheck(source, statement, staging, workers or default_workers(), progress, store)
     try:
         try:
             end = _walk_members(source, tar, statement, content)
@@ -423,6 +478,7 @@ def verify_bundle(
     state: StateDir | None = None,
     evidence: Evidence | None = None,
     record: bool = True,
+    keep: bool = True,
 ) -> VerifyResult:
     """Verify a bundle (one file or its volumes in order) against `root`, as of `now`.
 
@@ -434,6 +490,8 @@ def verify_bundle(
     or a library caller that keeps its own state).
     A bundle's `trust` component is applied to the root before its signatures are checked.
     `evidence` is filled as the checks run, so a receipt can describe a failure too.
+    With `state`, a differential bundle takes its base chunks from the content store there,
+    and a published bundle's chunks are kept in it (`keep=False`: not kept).
     """
     # Imported here: this function is the only part of this module that knows about state.
     from enclave.trust import rotation
@@ -497,9 +555,10 @@ def verify_bundle(
             raise UnsafeArchiveError(
                 f"{ENVELOPE_NAME}: {statement.total_size} bytes of content exceed the {max_bytes} byte cap"
             )
+        store = _content_store(state, statement, keep and extract_to is not None and record)
         staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
         try:
-            check_archive(source, tar, member, statement, staging, workers, show_progress)
+            check_archive(source, tar, member, statement, staging, workers, show_progress, store)
             checks += [
                 f"archive: {len(statement.members)} members, canonical headers, exact end",
                 f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",
@@ -509,6 +568,11 @@ def verify_bundle(
                     anchor, root, statement.name, statement.version, result.statement_digest, format_time(now)
                 )
                 checks.append(f"recorded in {state.rollback_path}")
+                if store is not None and keep and staging is not None:
+                    # Only now, after every check: a failed run leaves nothing in the store.
+                    store.keep_tree(staging, statement)
+                    store.record(member.raw)
+                    checks.append(f"content kept in {store.path}")
             if staging is not None and extract_to is not None:
                 _publish(staging, extract_to, member.raw)
                 staging = None
