@@ -102,13 +102,15 @@ def main() -> None:
             == 0
         )
         print(
-            f"weights {size / 2**30:.1f} GiB, {chunks} chunks of 16 MiB, {len(touched)} changed ({args.changed:.0%})"
+            f"weights {size / 2**30:.1f} GiB, {chunks} chunks of 16 MiB,"
+            f" {len(touched)} changed ({args.changed:.0%})"
         )
         print("| bundle | bytes carried | x full | verify + extract s | x full |")
         print("|---|---|---|---|---|")
         print(f"| full v2 | {full.stat().st_size:,} | 1.000 | {t_full:.2f} | 1.00 |")
         print(
-            f"| differential v2 | {diff.stat().st_size:,} | {diff.stat().st_size / full.stat().st_size:.3f} | {t_diff:.2f} | {t_diff / t_full:.2f} |"
+            f"| differential v2 | {diff.stat().st_size:,} | {diff.stat().st_size / full.stat().st_size:.3f}"
+            f" | {t_diff:.2f} | {t_diff / t_full:.2f} |"
         )
         print(f"published trees identical: {same}")
     finally:
