@@ -1,0 +1,444 @@
+"""`enclave provision`: verify the bundle, preflight and push to each host, run site.yml from the
+verified bundle through ansible-runner, write the run report and a CKLB checklist per host.
+
+Order of trust: nothing reaches a host before the bundle verified (signatures, then every byte,
+extracted into a fresh directory); the playbooks that run are the bundle's, not the working
+tree's; the hosts re-hash what they received before it is used. Each host goes on alone: one
+that fails preflight or push is stopped, the others complete, and the run then fails (exit 7)
+naming every stopped host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from enclave.bundle.statement import BundleStatement
+from enclave.bundle.verify import VerifyResult, verify_bundle
+from enclave.errors import ProvisionError, UsageError
+from enclave.provision import cklb, preflight
+from enclave.provision.events import OPEN, ControlResult, HostRun, RunFold, control_results
+from enclave.provision.inventory import Host, Inventory, load_inventory
+from enclave.provision.push import OnBytes, Payload, PushError, PushResult, plan_payload, push
+from enclave.provision.report import write_json
+from enclave.provision.runner import DEFAULT_TIMEOUT, RunOutcome, run_site
+from enclave.provision.ssh import HostKeyRefused, HostKeyStore, HostUnreachable, SeenKey, Session
+from enclave.provision.view import ProgressView
+from enclave.trust.root import TrustRoot
+
+MAX_PARALLEL_SSH = 16
+Say = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    inventory: Path
+    bundle: Path
+    trust: TrustRoot | None  # None: the root verify_options' state holds
+    now: datetime
+    check: bool = False
+    limit: str | None = None
+    report: Path | None = None
+    checklist_dir: Path | None = None
+    accept_new_host_keys: bool = False
+    known_hosts: Path | None = None  # default: known_hosts beside the inventory
+    max_skew: float = preflight.DEFAULT_MAX_SKEW
+    timeout: int = DEFAULT_TIMEOUT
+    extravars: Mapping[str, Any] = field(default_factory=dict)
+    show_progress: bool = True
+    stream: TextIO | None = None  # progress and tables (default stderr; silent unless a tty)
+    on_bytes: OnBytes | None = None
+    volumes: Sequence[Path] | None = None  # the bundle's files in order (volumes); default [bundle]
+    # Passed to verify_bundle as they are (state, evidence, record: what `bundle verify` uses).
+    verify_options: Mapping[str, Any] = field(default_factory=dict)
+    # Called once with the verification's result, or the error it raised, before any host is
+    # contacted (the CLI records its verification receipt there).
+    on_verified: Callable[[VerifyResult | BaseException], None] | None = None
+
+
+@dataclass
+class HostOutcome:
+    host: Host
+    preflight: preflight.HostPreflight | None = None
+    key: SeenKey | None = None
+    push: PushResult | None = None
+    run: HostRun | None = None
+    controls: dict[str, ControlResult] = field(default_factory=dict)
+    stopped: str = ""  # why the host did not complete, "" when it did
+    checklist: Path | None = None
+
+    @property
+    def open_findings(self) -> list[str]:
+        return sorted(cid for cid, r in self.controls.items() if r.status == OPEN)
+
+
+@dataclass
+class Outcome:
+    report: dict[str, Any]
+    hosts: list[HostOutcome]
+
+    @property
+    def failed(self) -> list[HostOutcome]:
+        return [h for h in self.hosts if h.stopped]
+
+
+def provision(opts: Options, say: Say | None = None) -> Outcome:
+    """Provision the selected hosts; returns the outcome or raises (ProvisionError names every
+    host that did not complete, after the report and checklists were written)."""
+    speak: Say = say or (lambda _line: None)
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    inventory = load_inventory(opts.inventory)
+    hosts = inventory.select(opts.limit)
+    known_hosts = opts.known_hosts or inventory.known_hosts
+    store = HostKeyStore(known_hosts, opts.accept_new_host_keys)
+    work = Path(tempfile.mkdtemp(prefix="enclave-provision-"))
+    try:
+        try:
+            verified = verify_bundle(
+                list(opts.volumes or [opts.bundle]),
+                opts.trust,
+                opts.now,
+                extract_to=work / "bundle",
+                show_progress=opts.show_progress,
+                **opts.verify_options,
+            )
+        except BaseException as exc:
+            if opts.on_verified is not None:
+                opts.on_verified(exc)
+            raise
+        if opts.on_verified is not None:
+            opts.on_verified(verified)
+        statement = verified.statement
+        assert verified.extracted_to is not None
+        project = playbooks_dir(statement, verified.extracted_to)
+        catalogue = cklb.load_catalogue(project)
+        payload = None if opts.check else plan_payload(statement, verified.extracted_to)
+        outcomes = {h.name: HostOutcome(h) for h in hosts}
+        view = ProgressView([h.name for h in hosts], opts.stream) if opts.show_progress else None
+        _preflight_and_push(outcomes, store, payload, opts, view)
+        store.save()
+        speak(preflight.table([o.preflight for o in outcomes.values() if o.preflight]))
+        if view is not None:
+            view.restart()  # below the table
+        ready = [name for name, o in outcomes.items() if not o.stopped]
+        outcome_run: RunOutcome | None = None
+        if ready:
+            outcome_run = _run_playbook(
+                project, inventory, known_hosts, ready, statement, payload, opts, view
+            )
+            _collect(outcomes, outcome_run, catalogue, opts.check)
+        if view is not None:
+            view.finish()
+        _write_checklists(outcomes, catalogue, opts, statement)
+        report = _report(
+            opts, verified, outcomes, outcome_run, started, time.monotonic() - clock, known_hosts
+        )
+        if opts.report:
+            write_json(opts.report, report)
+        result = Outcome(report, list(outcomes.values()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if result.failed:
+        raise ProvisionError(failure_line(result.failed, len(hosts)))
+    return result
+
+
+def check_hosts(
+    inventory_path: Path,
+    limit: str | None = None,
+    accept_new_host_keys: bool = False,
+    known_hosts: Path | None = None,
+    payload_size: int = 0,
+    max_skew: float = preflight.DEFAULT_MAX_SKEW,
+) -> tuple[list[preflight.HostPreflight], dict[str, SeenKey]]:
+    """Preflight alone (`enclave preflight`): every check, nothing pushed or changed. First-contact
+    keys are recorded in known_hosts like `provision` does."""
+    inventory = load_inventory(inventory_path)
+    store = HostKeyStore(known_hosts or inventory.known_hosts, accept_new_host_keys)
+    keys: dict[str, SeenKey] = {}
+
+    def one(host: Host) -> preflight.HostPreflight:
+        try:
+            with Session(host, store) as session:
+                keys[host.name] = session.seen
+                return preflight.run_preflight(session, None, max_skew, payload_size)
+        except HostUnreachable as exc:
+            return preflight.unreachable(host.name, f"{host.address}:{host.port}", str(exc))
+
+    hosts = inventory.select(limit)
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SSH, max(1, len(hosts)))) as pool:
+        reports = list(pool.map(one, hosts))
+    store.save()
+    return reports, keys
+
+
+def preflight_report(
+    reports: Sequence[preflight.HostPreflight], keys: Mapping[str, SeenKey]
+) -> dict[str, Any]:
+    """The JSON document of `enclave preflight`."""
+    hosts: dict[str, Any] = {}
+    for report in reports:
+        key = keys.get(report.host)
+        hosts[report.host] = report.to_dict() | {
+            "hostKey": {
+                "type": key.key_type,
+                "fingerprint": key.fingerprint,
+                "firstContact": key.first_contact,
+            }
+            if key
+            else None
+        }
+    return {"hosts": hosts, "ok": all(r.ok for r in reports)}
+
+
+def preflight_failure(reports: Sequence[preflight.HostPreflight]) -> ProvisionError | None:
+    """One error naming every host that failed preflight and its first failed check."""
+    failed = [r for r in reports if not r.ok]
+    if not failed:
+        return None
+    parts = [f"{r.host}: {r.failures[0].name}: {r.failures[0].detail}" for r in failed]
+    return ProvisionError(f"{len(failed)} of {len(reports)} host(s) failed preflight: " + "; ".join(parts))
+
+
+def playbooks_dir(statement: BundleStatement, extracted: Path) -> Path:
+    """The verified bundle's playbooks: the `site` component (kind playbooks), or the only one."""
+    books = [c for c in statement.components if c.kind == "playbooks"]
+    chosen = next((c for c in books if c.name == "site"), books[0] if len(books) == 1 else None)
+    if chosen is None:
+        raise UsageError(
+            f"{statement.name} {statement.version}: no playbooks component named site "
+            f"({len(books)} playbooks components): nothing to provision with"
+        )
+    project = extracted / "content" / chosen.name
+    if not (project / "site.yml").is_file():
+        raise UsageError(f"{statement.name} {statement.version}: component {chosen.name} has no site.yml")
+    return project
+
+
+def failure_line(failed: Sequence[HostOutcome], total: int) -> str:
+    parts = [f"{h.host.name}: {h.stopped}" for h in failed]
+    return f"{len(failed)} of {total} host(s) not provisioned: " + "; ".join(parts)
+
+
+def _preflight_and_push(
+    outcomes: dict[str, HostOutcome],
+    store: HostKeyStore,
+    payload: Payload | None,
+    opts: Options,
+    view: ProgressView | None,
+) -> None:
+    def one(outcome: HostOutcome) -> None:
+        host = outcome.host
+        address = f"{host.address}:{host.port}"
+        if view:
+            view.set_phase(host.name, "preflight")
+        try:
+            with Session(host, store) as session:
+                outcome.key = session.seen
+                report = preflight.run_preflight(session, payload, opts.max_skew)
+                outcome.preflight = report
+                if not report.ok:
+                    bad = report.failures[0]
+                    outcome.stopped = f"preflight {bad.name}: {bad.detail}"
+                    return
+                if payload is not None:
+                    if view:
+                        view.set_phase(host.name, "push")
+                    outcome.push = push(session, payload, opts.on_bytes)
+        except HostKeyRefused as exc:
+            outcome.preflight = preflight.unreachable(host.name, address, str(exc))
+            outcome.stopped = f"host key refused ({exc})"
+        except HostUnreachable as exc:
+            if outcome.preflight is None:
+                outcome.preflight = preflight.unreachable(host.name, address, str(exc))
+                outcome.stopped = f"unreachable ({exc})"
+            else:
+                outcome.stopped = f"push: {exc}"
+        except PushError as exc:
+            outcome.stopped = f"push: {exc}"
+        finally:
+            if view:
+                view.set_phase(host.name, "stopped" if outcome.stopped else "ready")
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SSH, max(1, len(outcomes)))) as pool:
+        list(pool.map(one, outcomes.values()))
+
+
+def deploy_vars(statement: BundleStatement, payload: Payload | None) -> dict[str, Any]:
+    """What the roles learn about the bundle (enclave_deploy's interface)."""
+    models = [c for c in statement.components if c.kind == "model"]
+    return {
+        "enclave_bundle_name": statement.name,
+        "enclave_bundle_version": statement.version,
+        "enclave_bundle_dir": payload.remote_dir if payload else "",
+        "enclave_bundle_components": [
+            {"name": c.name, "kind": c.kind, "members": list(c.members)} for c in statement.components
+        ],
+        "enclave_deploy_weights_dir": f"content/{models[0].name}" if models and payload else "",
+    }
+
+
+def _run_playbook(
+    project: Path,
+    inventory: Inventory,
+    known_hosts: Path,
+    ready: list[str],
+    statement: BundleStatement,
+    payload: Payload | None,
+    opts: Options,
+    view: ProgressView | None,
+) -> RunOutcome:
+    for name in ready:
+        if view:
+            view.set_phase(name, "ansible")
+
+    def on_event(fold: RunFold, host: str | None) -> None:
+        if view is not None and host is not None:
+            view.update(fold.hosts[host])
+
+    extravars = {**deploy_vars(statement, payload), **opts.extravars}
+    return run_site(
+        project, inventory.path, known_hosts, ready, extravars, opts.check, on_event, opts.timeout
+    )
+
+
+def _collect(
+    outcomes: dict[str, HostOutcome],
+    run: RunOutcome,
+    catalogue: Sequence[Mapping[str, Any]],
+    check: bool,
+) -> None:
+    for name, outcome in outcomes.items():
+        if outcome.stopped:
+            continue
+        host_run = run.fold.hosts.get(name) or HostRun(name)
+        outcome.run = host_run
+        outcome.controls = control_results(host_run, catalogue, check)
+        failure = host_run.first_failure()
+        if host_run.unreachable:
+            outcome.stopped = f"unreachable during the playbook ({host_run.unreachable_reason})"
+        elif failure is not None:
+            outcome.stopped = f"task {failure.name!r} failed: {failure.message or 'no message'}"
+        elif not host_run.tasks:
+            outcome.stopped = f"the playbook did not run on it (ansible-runner: {run.status}, rc {run.rc})"
+        elif not check and outcome.open_findings:
+            ids = outcome.open_findings
+            outcome.stopped = f"{len(ids)} open finding(s) after hardening: {', '.join(ids[:5])}" + (
+                ", ..." if len(ids) > 5 else ""
+            )
+    if run.status not in ("successful", "failed"):
+        for outcome in outcomes.values():
+            if not outcome.stopped:
+                outcome.stopped = f"playbook run ended: {run.status}"
+
+
+def _write_checklists(
+    outcomes: dict[str, HostOutcome],
+    catalogue: Sequence[Mapping[str, Any]],
+    opts: Options,
+    statement: BundleStatement,
+) -> None:
+    if opts.checklist_dir is None:
+        return
+    for name, outcome in outcomes.items():
+        context = outcome.run.context if outcome.run else {}
+        where = "container" if context.get("container") else "host"
+        comment = (
+            f"enclave provision {'audit (--check)' if opts.check else 'apply'} of bundle "
+            f"{statement.name} {statement.version}; {context.get('distribution', 'OS unknown')} ({where})"
+        )
+        if outcome.run is None:
+            comment += f"; not evaluated: {outcome.stopped}"
+            results = {
+                str(c["id"]): ControlResult("not_reviewed", f"Not evaluated: {outcome.stopped}")
+                for c in catalogue
+            }
+        else:
+            results = outcome.controls
+        target = {"address": outcome.host.address, "fqdn": outcome.host.name}
+        doc = cklb.build_checklist(name, target, catalogue, results, comment)
+        path = opts.checklist_dir / f"{name}.cklb"
+        cklb.write_checklist(path, doc)
+        outcome.checklist = path
+
+
+def _report(
+    opts: Options,
+    verified: VerifyResult,
+    outcomes: dict[str, HostOutcome],
+    run: RunOutcome | None,
+    started: datetime,
+    seconds: float,
+    known_hosts: Path,
+) -> dict[str, Any]:
+    statement = verified.statement
+    hosts: dict[str, Any] = {}
+    for name, o in outcomes.items():
+        summary = (
+            o.run.summary() if o.run else {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0}
+        )
+        unreachable = bool(o.run.unreachable) if o.run else bool(o.preflight and not o.preflight.reachable)
+        counts: dict[str, int] = {}
+        for result in o.controls.values():
+            counts[result.status] = counts.get(result.status, 0) + 1
+        hosts[name] = {
+            **summary,
+            "unreachable": unreachable,
+            "result": "stopped" if o.stopped else "ok",
+            "reason": o.stopped or None,
+            "tasks": [t.to_dict() for t in o.run.tasks] if o.run else [],
+            "controls": counts,
+            "openFindings": o.open_findings,
+            "container": bool(o.run.context.get("container")) if o.run else None,
+            "preflight": o.preflight.to_dict() if o.preflight else None,
+            "push": o.push.to_dict() if o.push else None,
+            "checklist": str(o.checklist) if o.checklist else None,
+        }
+    return {
+        "enclave": "provision-report/v1",
+        "mode": "check" if opts.check else "apply",
+        "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seconds": round(seconds, 2),
+        "controller": socket.gethostname(),
+        "bundle": {
+            "path": str(opts.bundle),
+            "name": statement.name,
+            "version": statement.version,
+            "statementDigest": {"sha256": verified.statement_digest},
+            "signers": [k.keyid for k in verified.signers],
+            "trustRoot": {"version": verified.root.version, "digest": verified.root.digest},
+        },
+        "inventory": str(opts.inventory),
+        "knownHosts": str(known_hosts),
+        "hostKeys": {
+            name: {
+                "address": o.key.known_as,
+                "type": o.key.key_type,
+                "fingerprint": o.key.fingerprint,
+                "firstContact": o.key.first_contact,
+            }
+            for name, o in outcomes.items()
+            if o.key is not None
+        },
+        "ansible": {
+            "ident": run.ident,
+            "status": run.status,
+            "rc": run.rc,
+            "seconds": round(run.seconds, 2),
+            "forks": len([o for o in outcomes.values() if o.run]),
+        }
+        if run
+        else None,
+        "hosts": hosts,
+        "failed": sorted(name for name, o in outcomes.items() if o.stopped),
+        "result": "failed" if any(o.stopped for o in outcomes.values()) else "ok",
+    }
