@@ -518,6 +518,80 @@ def cmd_agent_baseline(args: argparse.Namespace) -> Result:
     return f"{args.out}: {count} canary baselines recorded", {"out": args.out, "baselines": count}
 
 
+# -- provisioning -----------------------------------------------------------------------------
+def cmd_provision(args: argparse.Namespace) -> Result:
+    from enclave.bundle.volumes import resolve as resolve_volumes
+    from enclave.provision import Options, provision
+    from enclave.provision.report import summary
+    from enclave.trust.receipts import Evidence, ReceiptLog, check_new_file, record
+    from enclave.trust.root import TrustRoot
+    from enclave.trust.rotation import resolve
+    from enclave.trust.state import StateDir
+
+    # As `bundle verify`: the rollback state guards what gets installed, and every verification
+    # leaves a receipt, a failed one too. Then preflight, push, site.yml from the verified bundle.
+    state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
+    log = ReceiptLog(state)
+    log.check()
+    receipt = Path(args.receipt) if args.receipt else None
+    if receipt is not None:
+        check_new_file(receipt)
+    (signer,) = _load_keys([args.audit_key]) if args.audit_key else (None,)
+    now = datetime.now(UTC)
+    evidence = Evidence([args.bundle], now, "admission")
+
+    def on_verified(result: Any) -> None:  # before any host is contacted
+        record(log, evidence, result if isinstance(result, BaseException) else None, signer, receipt)
+
+    given = TrustRoot.load(Path(args.trust)) if args.trust else None
+    anchor = resolve(state.read_root(), given).root
+    paths, _index = resolve_volumes(Path(args.bundle), anchor)
+    evidence.files = [str(p) for p in paths]
+    if signer is not None and signer.keyid not in anchor.roles["audit"].keyids:
+        raise UsageError(f"{args.audit_key}: not a key of the audit role of trust root v{anchor.version}")
+    outcome = provision(
+        Options(
+            inventory=Path(args.inventory),
+            bundle=Path(args.bundle),
+            volumes=paths,
+            trust=given,
+            now=now,
+            check=args.check,
+            limit=args.limit,
+            report=Path(args.report) if args.report else None,
+            checklist_dir=Path(args.checklist_dir) if args.checklist_dir else None,
+            accept_new_host_keys=args.accept_new_host_keys,
+            known_hosts=Path(args.known_hosts) if args.known_hosts else None,
+            show_progress=not args.json,
+            verify_options={"state": state, "evidence": evidence},
+            on_verified=on_verified,
+        ),
+        say=None if args.json else (lambda line: print(line, file=sys.stderr)),
+    )
+    return summary(outcome.report), outcome.report
+
+
+def cmd_preflight(args: argparse.Namespace) -> Result:
+    from enclave.bundle.manifest import parse_size
+    from enclave.provision import check_hosts, preflight_failure, preflight_report
+    from enclave.provision.preflight import table
+
+    size = parse_size(args.payload_size, "--payload-size") if args.payload_size else 0
+    reports, keys = check_hosts(
+        Path(args.inventory),
+        args.limit,
+        args.accept_new_host_keys,
+        Path(args.known_hosts) if args.known_hosts else None,
+        size,
+    )
+    error = preflight_failure(reports)
+    if error is not None:
+        if not args.json:  # the whole table, then the one-line error main() prints
+            print(table(reports), file=sys.stderr)
+        raise error
+    return table(reports), preflight_report(reports, keys)
+
+
 def cmd_testbed(args: argparse.Namespace) -> Result:
     from enclave import testbed
 
@@ -877,6 +951,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canaries", required=True, metavar="FILE")
     p.add_argument("--gateway", required=True, metavar="URL")
     p.add_argument("--out", required=True, metavar="FILE", help="a new file")
+
+    for name, handler, text in (
+        ("provision", cmd_provision, "verify a bundle, then preflight, push and run site.yml on hosts"),
+        ("preflight", cmd_preflight, "check hosts over SSH before provisioning (changes nothing)"),
+    ):
+        p = sub(top, name, handler, text)
+        p.add_argument("--inventory", required=True, metavar="INV", help="Ansible YAML inventory")
+        p.add_argument("--limit", metavar="HOSTS", help="comma-separated host or group names")
+        p.add_argument("--accept-new-host-keys", action="store_true", help="first contact: pin new keys")
+        p.add_argument("--known-hosts", metavar="FILE", help="default: known_hosts beside the inventory")
+        if name == "preflight":
+            p.add_argument("--payload-size", metavar="SIZE", help="free disk needed on each host (8GiB)")
+            continue
+        p.add_argument("--bundle", required=True, metavar="BUNDLE")
+        p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
+        p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
+        p.add_argument("--receipt", metavar="PATH", help="also write the receipt here (a new file)")
+        p.add_argument("--audit-key", metavar="KEY", help="sign the receipt (a key of the audit role)")
+        p.add_argument("--check", action="store_true", help="audit: report open findings, change nothing")
+        p.add_argument("--report", metavar="PATH", help="write the run report (JSON) here")
+        p.add_argument("--checklist-dir", metavar="DIR", help="write one CKLB checklist per host here")
 
     p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")
     p.add_argument("--down", action="store_true", help="remove what the demo made")
