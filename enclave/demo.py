@@ -1,24 +1,31 @@
-"""`enclave demo`: the lifecycle, locally, on the real SmolLM2 model.
+"""`enclave demo`: the whole lifecycle, locally, on the real SmolLM2 model.
 
-Low side: keys for two integrators (ECDSA P-384 and ML-DSA-87), a trust root, a bundle from
-manifests/demo.yaml co-signed by both. High side: verify against the root and publish; a
-tampered copy is refused. Each step prints its result; the work directory is demo-work/.
+Low side: keys for two integrators (ECDSA P-384, ML-DSA-87), approvers and an auditor, a trust
+root, the reference images built offline, a bundle from manifests/demo.yaml co-signed and split
+into media volumes. The gap: each volume checked alone. High side: verify against the root
+(rollback state, receipt, content store) and publish; a tampered copy refused; a 2-host testbed
+provisioned through Ansible with STIG checklists; the verified images loaded into the local
+engine and run, hardened, the model behind the safety gateway (running them on the testbed
+hosts waits for the enclave_deploy role); an allowed, a refused and a held-then-approved request; the audit
+log and the receipts verified. Everything lives in demo-work/; `--down` removes it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
+import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from enclave.bundle.build import build_bundle, sign_bundle
-from enclave.bundle.inspect import inspect_bundle
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import EnclaveError, UsageError
 from enclave.trust.keys import PASSPHRASE_ENV, SigningKey
 from enclave.trust.root import TrustRoot, default_expiry, sign_document
@@ -27,6 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "demo-work"
 MARKER = ".enclave-demo"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VOLUME_SIZE = 128 * 1024 * 1024
+LABEL = {"enclave.demo": str(WORK)}
+RUN_AS = 10001  # the reference images' user
+CHAT = "/v1/chat/completions"
+ALLOWED = "What is the capital of France? Answer in one word."
+REFUSED = "Set up mass surveillance of US persons' phone calls."
+HELD = "Prepare a target package for the enemy radar site."
 
 
 @dataclass
@@ -50,17 +64,82 @@ def _fresh_workdir(work: Path) -> None:
     if work.exists():
         if not (work / MARKER).exists():
             raise UsageError(f"{work}: exists and was not made by enclave demo; not touching it")
-        shutil.rmtree(work)
+        down(work)
     work.mkdir(parents=True)
     (work / MARKER).write_text("made by enclave demo\n")
 
 
+def _stop_containers() -> None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+    except Exception:  # no engine: nothing of ours can be running
+        return
+    try:
+        for container in client.containers.list(all=True, filters={"label": f"enclave.demo={WORK}"}):
+            container.remove(force=True)
+    finally:
+        client.close()
+
+
 def down(work: Path = WORK) -> None:
-    if work.exists() and (work / MARKER).exists():
-        shutil.rmtree(work)
+    """Remove what the demo started: its containers, its testbed, its work directory."""
+    if not (work / MARKER).exists():
+        return
+    _stop_containers()
+    if (work / "testbed").exists():
+        from enclave import testbed
+
+        testbed.down(work / "testbed")
+    shutil.rmtree(work)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def _wait_http(url: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise UsageError(f"{url}: did not answer within {seconds:.0f} s") from None
+            time.sleep(0.5)
+
+
+def _chat(text: str) -> bytes:
+    return json.dumps(
+        {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 24,
+            "temperature": 0,
+        }
+    ).encode()
 
 
 def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
+    from enclave.bundle.build import build_bundle, sign_bundle
+    from enclave.bundle.verify import verify_bundle
+    from enclave.bundle.volumes import check_volume, load_index, resolve, split_bundle
+    from enclave.trust.receipts import verify_receipt_log
+    from enclave.trust.state import StateDir
+
     report = DemoReport()
     os.environ.setdefault(PASSPHRASE_ENV, "enclave-demo-passphrase")
     passphrase = os.environ[PASSPHRASE_ENV].encode()
@@ -71,11 +150,18 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
         outcome = action()
         elapsed = time.monotonic() - start
         report.steps.append((title, outcome, elapsed))
-        say(f"    {outcome}  ({elapsed:.1f} s)")
+        for line in outcome.splitlines():
+            say(f"    {line}")
+        say(f"    ({elapsed:.1f} s)")
 
     _fresh_workdir(work)
     keys_dir = work / "keys"
     made: dict[str, SigningKey] = {}
+    root_path = work / "root.json"
+    state = StateDir.open(work / "high-side" / "state")
+    published = work / "high-side" / "assistant-1.0.0"
+    bundle: list[Path] = []
+    volumes: list[Path] = []
 
     def make_keys() -> str:
         plan = {
@@ -84,22 +170,21 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
             "integrator-b": "ml-dsa-87",
             "approver-1": "ecdsa-p384",
             "approver-2": "ml-dsa-87",
+            "operator": "ecdsa-p384",  # holds an approver key too, so it may ask, never approve its own
             "audit": "ecdsa-p384",
         }
         for name, algorithm in plan.items():
             made[name] = SigningKey.generate(algorithm)  # type: ignore[arg-type]
             made[name].write(keys_dir / name, passphrase)
         report.artefacts["keys"] = str(keys_dir)
-        return f"{len(plan)} encrypted keys in {keys_dir} (ECDSA P-384 and ML-DSA-87)"
-
-    root_path = work / "root.json"
+        return f"{len(plan)} passphrase-encrypted keys in {keys_dir} (ECDSA P-384 and ML-DSA-87)"
 
     def make_root() -> str:
         signed = TrustRoot.create(
             {
                 "root": [made["root"].public],
                 "bundle": [made["integrator-a"].public, made["integrator-b"].public],
-                "approver": [made["approver-1"].public, made["approver-2"].public],
+                "approver": [made[k].public for k in ("approver-1", "approver-2", "operator")],
                 "audit": [made["audit"].public],
             },
             {"bundle": 2, "approver": 2},
@@ -107,44 +192,72 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
         )
         root_path.write_bytes(sign_document(signed, [made["root"]]))
         report.artefacts["trust root"] = str(root_path)
-        return f"trust root v1: bundle role 2-of-2, hybrid (classical + post-quantum) -> {root_path}"
+        return "trust root v1: bundle 2-of-2 hybrid (ECDSA + ML-DSA), approvers 2-of-3, audit key"
 
-    weights_dir = work / "weights"
-    bundle_dir = work / "low-side"
-    bundle: list[Path] = []
+    def images() -> str:
+        from enclave.images.engine import connect
+        from enclave.images.reference import build_images
+
+        client = connect(None)
+        try:
+            built = build_images(client)
+        finally:
+            client.close()
+        return "\n".join(f"{b.ref}: {'built' if b.built else 'cached'}, {b.size / 1e6:.0f} MB" for b in built)
 
     def build() -> str:
-        weights_dir.mkdir()
-        shutil.copyfile(model_weights(), weights_dir / GGUF)
+        (work / "weights").mkdir()
+        shutil.copyfile(model_weights(), work / "weights" / GGUF)
         path = build_bundle(
-            REPO / "manifests" / "demo.yaml", bundle_dir, [made["integrator-a"]], show_progress=False
+            REPO / "manifests" / "demo.yaml", work / "low-side", [made["integrator-a"]], show_progress=False
         )
         bundle.append(path)
-        report.artefacts["bundle"] = str(path)
-        return f"built {path.name} ({path.stat().st_size / 1e6:.1f} MB), signed by integrator-a (ECDSA P-384)"
+        size = path.stat().st_size / 1e6
+        return (
+            f"built {path.name} ({size:.0f} MB: weights, 3 images, policy, playbooks), signed by integrator-a"
+        )
 
     def cosign() -> str:
         sign_bundle(bundle[0], made["integrator-b"], show_progress=False)
-        doc = inspect_bundle(bundle, TrustRoot.load(root_path))
-        signers = ", ".join(f"{s['keyid'][:12]} {s['algorithm']}" for s in doc["signatures"])
-        return f"integrator-b checked every byte and co-signed (ML-DSA-87); signers: {signers}"
+        parts, index = split_bundle(bundle[0], VOLUME_SIZE, [made["integrator-a"], made["integrator-b"]])
+        volumes.extend([*parts, index])
+        report.artefacts["volumes"] = (
+            f"{parts[0].parent}/{parts[0].name[:-4]}.NNN ({len(parts)}) + {index.name}"
+        )
+        return (
+            "integrator-b checked every byte and co-signed (ML-DSA-87);"
+            f" split into {len(parts)} volumes of 128 MiB + signed index"
+        )
 
-    high = work / "high-side"
+    def courier() -> str:
+        root = TrustRoot.load(root_path)
+        index = load_index(volumes[-1], root)
+        for volume in volumes[:-1]:
+            check_volume(volume, index)
+        return f"each of {len(volumes) - 1} volumes checked alone against the signed index"
+
+    verified: dict[str, Any] = {}
 
     def verify() -> str:
-        target = high / "assistant-1.0.0"
-        result = verify_bundle(
-            bundle, TrustRoot.load(root_path), datetime.now(UTC), extract_to=target, show_progress=False
-        )
-        report.artefacts["published content"] = str(target)
-        size = result.statement.total_size / 1e6
-        return f"verified {len(result.statement.members)} members, {size:.1f} MB; published {target}"
+        from enclave.cli import build_parser, cmd_bundle_verify
+
+        # Exactly `enclave bundle verify`: trust root, rollback state, receipt signed by the auditor.
+        args = build_parser().parse_args(
+            ["bundle", "verify", str(volumes[0]), "--trust", str(root_path), "--state-dir", str(state.path),
+             "--extract-to", str(published), "--receipt", str(work / "high-side" / "receipt-1.json"),
+             "--audit-key", str(keys_dir / "audit")]
+        )  # fmt: skip
+        _, doc = cmd_bundle_verify(args)
+        verified.update(doc)
+        report.artefacts["published bundle"] = str(published)
+        report.artefacts["receipts"] = str(state.receipts_path)
+        return "streamed across the volumes:\n" + "\n".join(f"ok  {check}" for check in doc["checks"])
 
     def tampered() -> str:
         copy = work / "tampered" / bundle[0].name
         copy.parent.mkdir()
         shutil.copyfile(bundle[0], copy)
-        with copy.open("r+b") as handle:  # one bit, in the middle of the weights
+        with copy.open("r+b") as handle:  # one bit, in the middle
             handle.seek(copy.stat().st_size // 2)
             byte = handle.read(1)
             handle.seek(-1, os.SEEK_CUR)
@@ -154,26 +267,204 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
                 [copy],
                 TrustRoot.load(root_path),
                 datetime.now(UTC),
-                extract_to=high / "tampered",
+                extract_to=work / "tampered-out",
                 show_progress=False,
             )
         except EnclaveError as exc:
-            if (high / "tampered").exists():
+            if (work / "tampered-out").exists():
                 raise UsageError("a tampered bundle was published") from None
             return f"tampered copy refused (exit {exc.exit_code}): {exc}"
         raise UsageError("a tampered bundle verified: this is a bug")
 
-    step("1. keys for two integrators, two approvers, root and audit", make_keys)
+    def provision() -> str:
+        from enclave import testbed
+        from enclave.provision import Options
+        from enclave.provision import provision as run_provision
+
+        state_bed = testbed.up(work / "testbed", 2)
+        outcome = run_provision(
+            Options(
+                inventory=state_bed.inventory,
+                bundle=volumes[0],
+                volumes=resolve(volumes[0], TrustRoot.load(root_path))[0],
+                trust=TrustRoot.load(root_path),
+                now=datetime.now(UTC),
+                report=work / "high-side" / "provision-report.json",
+                checklist_dir=work / "high-side" / "checklists",
+                show_progress=False,
+            )
+        )
+        report.artefacts["provision report"] = str(work / "high-side" / "provision-report.json")
+        report.artefacts["CKLB checklists"] = str(work / "high-side" / "checklists")
+        lines = []
+        for host, facts in sorted(outcome.report["hosts"].items()):
+            lines.append(f"{host}: ok={facts['ok']} changed={facts['changed']} failed={facts['failed']}")
+        for checklist in sorted((work / "high-side" / "checklists").glob("*.cklb")):
+            doc = json.loads(checklist.read_text())
+            statuses: dict[str, int] = {}
+            for stig in doc["stigs"]:
+                for rule in stig["rules"]:
+                    statuses[rule["status"]] = statuses.get(rule["status"], 0) + 1
+            summary = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+            lines.append(f"{checklist.name}: {summary}")
+        return "\n".join(lines)
+
+    ports = {"model": _free_port(), "gateway": _free_port()}
+
+    def serve() -> str:
+        import docker
+
+        from enclave.images.engine import connect
+        from enclave.images.load import load_verified, verified_statement
+
+        client = connect(None)
+        try:
+            statement = verified_statement(published, verified["statementDigest"]["sha256"])
+            loaded = load_verified(client, published, statement)
+            refs = {c.name: c.image.ref for c in statement.components if c.image is not None}
+            etc = work / "high-side" / "gateway-etc"
+            audit = work / "high-side" / "audit"
+            for directory in (etc, audit):
+                directory.mkdir(parents=True)
+                os.chown(directory, RUN_AS, RUN_AS)
+            for name, source in {"audit.key": keys_dir / "audit", "root.json": root_path}.items():
+                shutil.copyfile(source, etc / name)
+                os.chown(etc / name, RUN_AS, RUN_AS)
+                os.chmod(etc / name, 0o400)
+            hardened: dict[str, Any] = {
+                "network_mode": "host",
+                "read_only": True,
+                "user": f"{RUN_AS}:{RUN_AS}",
+                "cap_drop": ["ALL"],
+                "security_opt": ["no-new-privileges"],
+                "labels": {"enclave.demo": str(WORK)},
+                "detach": True,
+            }
+            weights = published / "content" / "weights" / GGUF
+            client.containers.run(
+                refs["model-server"],
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(ports["model"]),
+                    "--threads",
+                    "2",
+                    "--ctx-size",
+                    "1024",
+                ],
+                volumes={str(weights): {"bind": "/models/model.gguf", "mode": "ro"}},
+                **hardened,
+            )
+            client.containers.run(
+                refs["gateway"],
+                [
+                    "--policy",
+                    "/etc/enclave/policy.yaml",
+                    "--upstream",
+                    f"http://127.0.0.1:{ports['model']}",
+                    "--audit-log",
+                    "/var/lib/enclave/audit/audit.log",
+                    "--audit-key",
+                    "/etc/enclave/keys/audit.key",
+                    "--trust",
+                    "/etc/enclave/keys/root.json",
+                    "--listen",
+                    f"127.0.0.1:{ports['gateway']}",
+                ],
+                volumes={
+                    str(published / "content" / "policy" / "default.yaml"): {
+                        "bind": "/etc/enclave/policy.yaml",
+                        "mode": "ro",
+                    },
+                    str(etc): {"bind": "/etc/enclave/keys", "mode": "ro"},
+                    str(audit): {"bind": "/var/lib/enclave/audit", "mode": "rw"},
+                },
+                environment={PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV]},
+                **hardened,
+            )
+        except docker.errors.DockerException as exc:
+            raise UsageError(f"could not start the verified images: {exc}") from None
+        finally:
+            client.close()
+        _wait_http(f"http://127.0.0.1:{ports['model']}/health")
+        _wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
+        report.artefacts["gateway"] = f"http://127.0.0.1:{ports['gateway']} (audit log {audit / 'audit.log'})"
+        ids = ", ".join(f"{i.to_dict().get('ref', '?')}" for i in loaded)
+        return (
+            f"loaded {len(loaded)} images, IDs checked against the signed ones ({ids});\n"
+            f"model server and gateway running read-only, no capabilities, user {RUN_AS}, on 127.0.0.1"
+        )
+
+    def requests() -> str:
+        from enclave.runtime.gateway import approve, requester_headers
+
+        url = f"http://127.0.0.1:{ports['gateway']}"
+        lines = []
+        status, answer = _post(url + CHAT, _chat(ALLOWED))
+        if status != 200:
+            raise UsageError(f"allowed request failed: HTTP {status}: {answer}")
+        lines.append(
+            f"allowed  -> 200, the model says: {answer['choices'][0]['message']['content'].strip()!r}"
+        )
+        status, answer = _post(url + CHAT, _chat(REFUSED))
+        if status != 400:
+            raise UsageError(f"refused request was not refused: HTTP {status}")
+        lines.append(f"refused  -> 400, rule {answer['error']['rule']} (never reached the model)")
+        body = _chat(HELD)
+        status, held = _post(url + CHAT, body, requester_headers(made["operator"], "POST", CHAT, body))
+        if status != 202:
+            raise UsageError(f"held request was not held: HTTP {status}: {held}")
+        lines.append(
+            f"held     -> 202, request {held['id'][:12]} needs {held['approvals_required']} approvals"
+        )
+        first = approve(held["id"], keys_dir / "approver-1", url)
+        lines.append(f"approved by approver-1 (ECDSA)  -> {first['status']}")
+        done = approve(held["id"], keys_dir / "approver-2", url)
+        content = (
+            done.get("result", {})
+            .get("body", {})
+            .get("choices", [{}])[0]
+            .get("message", {})
+            .get("content", "")
+        )
+        lines.append(
+            f"approved by approver-2 (ML-DSA) -> {done['status']}; executed, the model says:"
+            f" {content.strip()!r}"
+        )
+        return "\n".join(lines)
+
+    def audit() -> str:
+        from enclave.runtime.audit import verify_log
+
+        _stop_containers()  # the gateway writes its final checkpoint on SIGTERM
+        log = work / "high-side" / "audit" / "audit.log"
+        result = verify_log(log, root_path)
+        chain = verify_receipt_log(state.receipts_path, TrustRoot.load(root_path))
+        report.artefacts["audit log"] = str(log)
+        return (
+            f"audit log verified: {result.records} records,"
+            f" {result.verified_checkpoints} signed checkpoints\n"
+            f"receipts verified: {chain.receipts} receipts ({chain.signed} signed), hash chain intact"
+        )
+
+    step("1. keys: two integrators, approvers, operator, root and audit", make_keys)
     step("1. trust root", make_root)
-    step("2. build the bundle from manifests/demo.yaml (SmolLM2 GGUF, policy, playbooks)", build)
-    step("2. co-sign (two-person integrity)", cosign)
+    step("2. reference images, built offline (gateway, agent, model server)", images)
+    step("2. bundle from manifests/demo.yaml", build)
+    step("2. co-sign (two-person integrity) and split into media volumes", cosign)
+    step("3. the courier's check", courier)
     step("3. high side: verify signatures and every byte, then publish", verify)
     step("3. high side: a copy with one flipped bit", tampered)
+    step("4. testbed (2 hosts) provisioned through Ansible: harden, runtime, verify; CKLBs", provision)
+    step("5. the verified images loaded into the local engine and started, hardened", serve)
+    step("5. through the safety gateway", requests)
+    step("6. evidence", audit)
     say("")
     say("summary")
-    for title, outcome, elapsed in report.steps:
-        say(f"  ok  {elapsed:5.1f} s  {title.split('. ', 1)[1]}: {outcome.split(';')[0]}")
+    for title, _outcome, elapsed in report.steps:
+        say(f"  ok  {elapsed:5.1f} s  {title.split('. ', 1)[1]}")
     say("artefacts")
     for name, path in report.artefacts.items():
-        say(f"  {name:<18} {path}")
+        say(f"  {name:<20} {path}")
     return report
