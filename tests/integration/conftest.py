@@ -18,3 +18,9 @@ def docker_engine() -> None:
     )
     if proc.returncode != 0:
         pytest.fail(f"{ENGINE_SCRIPT} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The demo runs last: it is the whole lifecycle, and it needs the testbed's loopback
+    addresses that the testbed and provisioning tests use while they run."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/integration/test_demo.py"))
