@@ -326,15 +326,12 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
     return "\n".join(lines), doc
 
 
-def cmd_bundle_verify(args: argparse.Namespace) -> Result:
-    from enclave.bundle.verify import verify_bundle
-    from enclave.bundle.volumes import resolve as resolve_volumes
-    from enclave.trust.receipts import Evidence, ReceiptLog, check_new_file, record
-    from enclave.trust.root import TrustRoot
-    from enclave.trust.rotation import resolve
+def _receipt_setup(args: argparse.Namespace) -> tuple[Any, Any, Path | None, Any]:
+    """Before anything is checked: the state directory, its receipt log, the optional receipt
+    file and audit signer, so that every verification (a failed one too) leaves a receipt."""
+    from enclave.trust.receipts import ReceiptLog, check_new_file
     from enclave.trust.state import StateDir
 
-    # Before anything is checked: where the receipt goes, so that every verification leaves one.
     state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
     log = ReceiptLog(state)
     log.check()
@@ -342,6 +339,17 @@ def cmd_bundle_verify(args: argparse.Namespace) -> Result:
     if receipt is not None:
         check_new_file(receipt)
     (signer,) = _load_keys([args.audit_key]) if args.audit_key else (None,)
+    return state, log, receipt, signer
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> Result:
+    from enclave.bundle.verify import verify_bundle
+    from enclave.bundle.volumes import resolve as resolve_volumes
+    from enclave.trust.receipts import Evidence, record
+    from enclave.trust.root import TrustRoot
+    from enclave.trust.rotation import resolve
+
+    state, log, receipt, signer = _receipt_setup(args)
     now = _now(args)
     # --at: an auditor's re-check as of a past time. It changes no state, and ignores the rollback
     # record unless it extracts: nothing is published past rollback protection.
@@ -523,20 +531,13 @@ def cmd_provision(args: argparse.Namespace) -> Result:
     from enclave.bundle.volumes import resolve as resolve_volumes
     from enclave.provision import Options, provision
     from enclave.provision.report import summary
-    from enclave.trust.receipts import Evidence, ReceiptLog, check_new_file, record
+    from enclave.trust.receipts import Evidence, record
     from enclave.trust.root import TrustRoot
     from enclave.trust.rotation import resolve
-    from enclave.trust.state import StateDir
 
     # As `bundle verify`: the rollback state guards what gets installed, and every verification
     # leaves a receipt, a failed one too. Then preflight, push, site.yml from the verified bundle.
-    state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
-    log = ReceiptLog(state)
-    log.check()
-    receipt = Path(args.receipt) if args.receipt else None
-    if receipt is not None:
-        check_new_file(receipt)
-    (signer,) = _load_keys([args.audit_key]) if args.audit_key else (None,)
+    state, log, receipt, signer = _receipt_setup(args)
     now = datetime.now(UTC)
     evidence = Evidence([args.bundle], now, "admission")
 
