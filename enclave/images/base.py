@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enclave.images.rootfs import WORK_DIR, build_rootfs_image, chroot, has_image
+from enclave.images.rootfs import WORK_DIR, build_rootfs_image, chroot, has_image, write_files
 
 if TYPE_CHECKING:
     import docker
@@ -125,12 +125,7 @@ def customise(root: Path) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink()
-    for rel, (mode, content) in FILES.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        path.write_text(content)
-        path.chmod(mode)
+    write_files(root, FILES)
     chroot(
         root,
         [

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import docker
@@ -83,6 +83,17 @@ def import_rootfs(client: docker.DockerClient, root: Path, tag: str, changes: Se
         tar.stdout.close()
         if tar.wait() != 0:
             raise ProvisionError(f"tar of the root filesystem failed for {tag}")
+
+
+def write_files(root: Path, files: Mapping[str, tuple[int, str]]) -> None:
+    """Write each `relative path -> (mode, content)` into the root filesystem, replacing
+    whatever debootstrap put there (a symlink included)."""
+    for rel, (mode, content) in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.write_text(content)
+        path.chmod(mode)
 
 
 def chroot(root: Path, argv: Sequence[str], what: str) -> None:

@@ -8,8 +8,6 @@ controls that ran. Rules are grouped per source STIG (Ubuntu 22.04, RHEL 9).
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import yaml
 
 from enclave.errors import UsageError
 from enclave.provision.events import ControlResult
+from enclave.provision.report import write_json
 
 CATALOGUE = Path("roles/enclave_harden/files/controls.yml")
 FIELDS = ("id", "title", "severity", "vuln", "rule", "srg", "cci", "scope", "check", "fix")
@@ -149,12 +148,5 @@ def _rule(
 
 
 def write_checklist(path: Path, doc: Mapping[str, Any]) -> None:
-    """Atomically (temp file + rename), so a half-written checklist never exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(doc, out, indent=2, sort_keys=False)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    """Atomically, keeping the key order the checklist was built in."""
+    write_json(path, doc, sort_keys=False)

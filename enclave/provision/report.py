@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enclave.trust.state import atomic_write
 
-def write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    """Temp file + fsync + rename: a reader never sees half a report."""
+
+def write_json(path: Path, doc: Mapping[str, Any], sort_keys: bool = True) -> None:
+    """The one JSON writer of reports and checklists: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(doc, out, indent=2, sort_keys=True)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=sort_keys) + "\n").encode("utf-8"))
 
 
 def summary(report: Mapping[str, Any]) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from enclave.images.rootfs import build_rootfs_image, chroot, has_image
+from enclave.images.rootfs import build_rootfs_image, chroot, has_image, write_files
 
 SUITE = "bookworm"
 PACKAGES = (
@@ -195,12 +195,7 @@ def _customise(root: Path) -> None:
     dbus_id = root / "var/lib/dbus/machine-id"
     dbus_id.unlink(missing_ok=True)
     dbus_id.symlink_to("/etc/machine-id")
-    for rel, (mode, content) in FILES.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        path.write_text(content)
-        path.chmod(mode)
+    write_files(root, FILES)
     # Non-root admin with passwordless sudo: root logins stay off, as a hardened host has them.
     # '*' rather than the default '!' so sshd does not treat the account as locked.
     chroot(

@@ -330,3 +330,14 @@ def test_unknown_reference_image_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="no such image build context") as caught:
         build_images(None, ["enclave-nothing"])
     assert caught.value.exit_code == 2
+
+
+def test_write_files_replaces_what_debootstrap_left(tmp_path: Path) -> None:
+    from enclave.images.rootfs import write_files
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "motd").symlink_to("/etc/passwd")  # a link is replaced, never followed
+    write_files(tmp_path, {"etc/motd": (0o644, "hello\n"), "etc/new/conf": (0o600, "x=1\n")})
+    assert not (tmp_path / "etc" / "motd").is_symlink()
+    assert (tmp_path / "etc" / "motd").read_text() == "hello\n"
+    assert oct((tmp_path / "etc" / "new" / "conf").stat().st_mode & 0o777) == "0o600"
