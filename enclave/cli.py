@@ -228,6 +228,18 @@ def cmd_trust_update(args: argparse.Namespace) -> Result:
 
 
 # -- bundle -----------------------------------------------------------------------------------
+def _key_passphrase(path: Path) -> bytes | None:
+    """The passphrase of an encrypted private key file (environment or prompt), None when the
+    key is not encrypted or the file cannot be read (loading it then names the problem)."""
+    from enclave.trust.keys import read_passphrase
+
+    try:
+        encrypted = b"ENCRYPTED PRIVATE KEY" in path.read_bytes()[:4096]
+    except OSError:
+        return None
+    return read_passphrase(f"passphrase for {path}: ") if encrypted else None
+
+
 def _load_keys(paths: Sequence[str]) -> list[Any]:
     from enclave.trust.keys import SigningKey
 
@@ -326,9 +338,12 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
     return "\n".join(lines), doc
 
 
-def _receipt_setup(args: argparse.Namespace) -> tuple[Any, Any, Path | None, Any]:
+def _receipt_setup(
+    args: argparse.Namespace, passphrase: bytes | None = None
+) -> tuple[Any, Any, Path | None, Any]:
     """Before anything is checked: the state directory, its receipt log, the optional receipt
     file and audit signer, so that every verification (a failed one too) leaves a receipt."""
+    from enclave.trust.keys import SigningKey
     from enclave.trust.receipts import ReceiptLog, check_new_file
     from enclave.trust.state import StateDir
 
@@ -338,7 +353,7 @@ def _receipt_setup(args: argparse.Namespace) -> tuple[Any, Any, Path | None, Any
     receipt = Path(args.receipt) if args.receipt else None
     if receipt is not None:
         check_new_file(receipt)
-    (signer,) = _load_keys([args.audit_key]) if args.audit_key else (None,)
+    signer = SigningKey.load(Path(args.audit_key), passphrase) if args.audit_key else None
     return state, log, receipt, signer
 
 
@@ -537,7 +552,10 @@ def cmd_provision(args: argparse.Namespace) -> Result:
 
     # As `bundle verify`: the rollback state guards what gets installed, and every verification
     # leaves a receipt, a failed one too. Then preflight, push, site.yml from the verified bundle.
-    state, log, receipt, signer = _receipt_setup(args)
+    # The audit key signs the receipts and, when the bundle carries the gateway, is the key
+    # the gateway signs its log with on the hosts: its passphrase is asked once.
+    passphrase = _key_passphrase(Path(args.audit_key)) if args.audit_key and not args.check else None
+    state, log, receipt, signer = _receipt_setup(args, passphrase)
     now = datetime.now(UTC)
     evidence = Evidence([args.bundle], now, "admission")
 
@@ -566,6 +584,8 @@ def cmd_provision(args: argparse.Namespace) -> Result:
             show_progress=not args.json,
             verify_options={"state": state, "evidence": evidence},
             on_verified=on_verified,
+            deploy_key=Path(args.audit_key) if args.audit_key else None,
+            deploy_passphrase=passphrase,
         ),
         say=None if args.json else (lambda line: print(line, file=sys.stderr)),
     )
@@ -969,7 +989,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
         p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
         p.add_argument("--receipt", metavar="PATH", help="also write the receipt here (a new file)")
-        p.add_argument("--audit-key", metavar="KEY", help="sign the receipt (a key of the audit role)")
+        p.add_argument(
+            "--audit-key",
+            metavar="KEY",
+            help="a key of the audit role: signs the receipt, and the gateway's log on the hosts",
+        )
         p.add_argument("--check", action="store_true", help="audit: report open findings, change nothing")
         p.add_argument("--report", metavar="PATH", help="write the run report (JSON) here")
         p.add_argument("--checklist-dir", metavar="DIR", help="write one CKLB checklist per host here")

@@ -4,10 +4,10 @@ Low side: keys for two integrators (ECDSA P-384, ML-DSA-87), approvers and an au
 root, the reference images built offline, a bundle from manifests/demo.yaml co-signed and split
 into media volumes. The gap: each volume checked alone. High side: verify against the root
 (rollback state, receipt, content store) and publish; a tampered copy refused; a 2-host testbed
-provisioned through Ansible with STIG checklists; the verified images loaded into the local
-engine and run, hardened, the model behind the safety gateway (running them on the testbed
-hosts waits for the enclave_deploy role); an allowed, a refused and a held-then-approved request; the audit
-log and the receipts verified. Everything lives in demo-work/; `--down` removes it.
+provisioned through Ansible (harden, runtime, deploy, verify) with STIG checklists, the
+verified images loaded on the hosts and run hardened, the model behind the safety gateway; an
+allowed, a refused and a held-then-approved request through host1's gateway; the audit log
+(read off the host) and the receipts verified. Everything lives in demo-work/; `--down` removes it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -35,8 +34,9 @@ WORK = REPO / "demo-work"
 MARKER = ".enclave-demo"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VOLUME_SIZE = 128 * 1024 * 1024
-LABEL = {"enclave.demo": str(WORK)}
-RUN_AS = 10001  # the reference images' user
+GATEWAY_PORT = 8080  # enclave_deploy's defaults
+STACK = ("enclave-model-server", "enclave-gateway")
+HOST_AUDIT_DIR = "/var/lib/enclave/audit"
 CHAT = "/v1/chat/completions"
 ALLOWED = "What is the capital of France? Answer in one word."
 REFUSED = "Set up mass surveillance of US persons' phone calls."
@@ -69,25 +69,10 @@ def _fresh_workdir(work: Path) -> None:
     (work / MARKER).write_text("made by enclave demo\n")
 
 
-def _stop_containers() -> None:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=60)
-    except Exception:  # no engine: nothing of ours can be running
-        return
-    try:
-        for container in client.containers.list(all=True, filters={"label": f"enclave.demo={WORK}"}):
-            container.remove(force=True)
-    finally:
-        client.close()
-
-
 def down(work: Path = WORK) -> None:
-    """Remove what the demo started: its containers, its testbed, its work directory."""
+    """Remove what the demo started: its testbed (with the stack on it), its work directory."""
     if not (work / MARKER).exists():
         return
-    _stop_containers()
     if (work / "testbed").exists():
         from enclave import testbed
 
@@ -95,10 +80,19 @@ def down(work: Path = WORK) -> None:
     shutil.rmtree(work)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _on_host(inventory: Path, host: str, command: str) -> str:
+    """Run a command on a testbed host over SSH with its pinned key; its output, or a one-line
+    error naming the host."""
+    from enclave.provision.inventory import load_inventory
+    from enclave.provision.ssh import HostKeyStore, Session
+
+    loaded = load_inventory(inventory)
+    (target,) = loaded.select(host)
+    with Session(target, HostKeyStore(loaded.known_hosts, accept_new=False)) as session:
+        result = session.run(command, timeout=120)
+    if result.code != 0:
+        raise UsageError(f"{host}: {command!r} failed: {result.reason()}")
+    return result.text
 
 
 def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
@@ -108,18 +102,6 @@ def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
-
-
-def _wait_http(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise UsageError(f"{url}: did not answer within {seconds:.0f} s") from None
-            time.sleep(0.5)
 
 
 def _chat(text: str) -> bytes:
@@ -276,12 +258,15 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
             return f"tampered copy refused (exit {exc.exit_code}): {exc}"
         raise UsageError("a tampered bundle verified: this is a bug")
 
+    gateway: dict[str, str] = {}
+
     def provision() -> str:
         from enclave import testbed
         from enclave.provision import Options
         from enclave.provision import provision as run_provision
 
         state_bed = testbed.up(work / "testbed", 2)
+        gateway["inventory"] = str(state_bed.inventory)
         outcome = run_provision(
             Options(
                 inventory=state_bed.inventory,
@@ -292,6 +277,8 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
                 report=work / "high-side" / "provision-report.json",
                 checklist_dir=work / "high-side" / "checklists",
                 show_progress=False,
+                deploy_key=keys_dir / "audit",
+                deploy_passphrase=passphrase,
             )
         )
         report.artefacts["provision report"] = str(work / "high-side" / "provision-report.json")
@@ -307,99 +294,42 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
                     statuses[rule["status"]] = statuses.get(rule["status"], 0) + 1
             summary = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
             lines.append(f"{checklist.name}: {summary}")
+        host1 = state_bed.hosts[0]
+        gateway["host"] = host1.name
+        gateway["url"] = f"http://{host1.address}:{GATEWAY_PORT}"
         return "\n".join(lines)
 
-    ports = {"model": _free_port(), "gateway": _free_port()}
-
-    def serve() -> str:
-        import docker
-
-        from enclave.images.engine import connect
-        from enclave.images.load import load_verified, verified_statement
-
-        client = connect(None)
-        try:
-            statement = verified_statement(published, verified["statementDigest"]["sha256"])
-            loaded = load_verified(client, published, statement)
-            refs = {c.name: c.image.ref for c in statement.components if c.image is not None}
-            etc = work / "high-side" / "gateway-etc"
-            audit = work / "high-side" / "audit"
-            for directory in (etc, audit):
-                directory.mkdir(parents=True)
-                os.chown(directory, RUN_AS, RUN_AS)
-            for name, source in {"audit.key": keys_dir / "audit", "root.json": root_path}.items():
-                shutil.copyfile(source, etc / name)
-                os.chown(etc / name, RUN_AS, RUN_AS)
-                os.chmod(etc / name, 0o400)
-            hardened: dict[str, Any] = {
-                "network_mode": "host",
-                "read_only": True,
-                "user": f"{RUN_AS}:{RUN_AS}",
-                "cap_drop": ["ALL"],
-                "security_opt": ["no-new-privileges"],
-                "labels": {"enclave.demo": str(WORK)},
-                "detach": True,
-            }
-            weights = published / "content" / "weights" / GGUF
-            client.containers.run(
-                refs["model-server"],
-                [
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ports["model"]),
-                    "--threads",
-                    "2",
-                    "--ctx-size",
-                    "1024",
-                ],
-                volumes={str(weights): {"bind": "/models/model.gguf", "mode": "ro"}},
-                **hardened,
+    def stack() -> str:
+        inspected = json.loads(
+            _on_host(
+                Path(gateway["inventory"]),
+                gateway["host"],
+                f"sudo docker container inspect {' '.join(STACK)}",
             )
-            client.containers.run(
-                refs["gateway"],
-                [
-                    "--policy",
-                    "/etc/enclave/policy.yaml",
-                    "--upstream",
-                    f"http://127.0.0.1:{ports['model']}",
-                    "--audit-log",
-                    "/var/lib/enclave/audit/audit.log",
-                    "--audit-key",
-                    "/etc/enclave/keys/audit.key",
-                    "--trust",
-                    "/etc/enclave/keys/root.json",
-                    "--listen",
-                    f"127.0.0.1:{ports['gateway']}",
-                ],
-                volumes={
-                    str(published / "content" / "policy" / "default.yaml"): {
-                        "bind": "/etc/enclave/policy.yaml",
-                        "mode": "ro",
-                    },
-                    str(etc): {"bind": "/etc/enclave/keys", "mode": "ro"},
-                    str(audit): {"bind": "/var/lib/enclave/audit", "mode": "rw"},
-                },
-                environment={PASSPHRASE_ENV: os.environ[PASSPHRASE_ENV]},
-                **hardened,
-            )
-        except docker.errors.DockerException as exc:
-            raise UsageError(f"could not start the verified images: {exc}") from None
-        finally:
-            client.close()
-        _wait_http(f"http://127.0.0.1:{ports['model']}/health")
-        _wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
-        report.artefacts["gateway"] = f"http://127.0.0.1:{ports['gateway']} (audit log {audit / 'audit.log'})"
-        ids = ", ".join(f"{i.to_dict().get('ref', '?')}" for i in loaded)
-        return (
-            f"loaded {len(loaded)} images, IDs checked against the signed ones ({ids});\n"
-            f"model server and gateway running read-only, no capabilities, user {RUN_AS}, on 127.0.0.1"
         )
+        from enclave.images.load import verified_statement
+
+        statement = verified_statement(published, verified["statementDigest"]["sha256"])
+        signed = {c.image.id for c in statement.components if c.image is not None}
+        lines = []
+        for c in inspected:
+            host_config = c["HostConfig"]
+            lines.append(
+                f"{c['Name'].lstrip('/')}: image {c['Image'][:19]}... "
+                f"({'signed' if c['Image'] in signed else 'NOT SIGNED'}), "
+                f"{'running' if c['State']['Running'] else 'stopped'}, "
+                f"{c['State'].get('Health', {}).get('Status', 'no health check')}, "
+                f"read-only={host_config['ReadonlyRootfs']}, "
+                f"cap-drop={','.join(host_config['CapDrop'] or [])}, "
+                f"user={c['Config']['User']}, {','.join(host_config['SecurityOpt'] or [])}"
+            )
+        report.artefacts["gateway"] = f"{gateway['url']} on {gateway['host']}"
+        return "\n".join(lines)
 
     def requests() -> str:
         from enclave.runtime.gateway import approve, requester_headers
 
-        url = f"http://127.0.0.1:{ports['gateway']}"
+        url = gateway["url"]
         lines = []
         status, answer = _post(url + CHAT, _chat(ALLOWED))
         if status != 200:
@@ -435,13 +365,20 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
         return "\n".join(lines)
 
     def audit() -> str:
-        from enclave.runtime.audit import verify_log
+        from enclave.runtime.audit import checkpoints_path, verify_log
 
-        _stop_containers()  # the gateway writes its final checkpoint on SIGTERM
+        # Stopping the gateway makes it write its final checkpoint; then the log and its
+        # checkpoints are read off the host over SSH, as an auditor would collect them.
+        inventory, host = Path(gateway["inventory"]), gateway["host"]
+        _on_host(inventory, host, "sudo docker stop --time 30 enclave-gateway")
         log = work / "high-side" / "audit" / "audit.log"
+        log.parent.mkdir(parents=True)
+        for local in (log, checkpoints_path(log)):
+            remote = f"{HOST_AUDIT_DIR}/{local.name}"
+            local.write_text(_on_host(inventory, host, f"sudo cat {remote}"))
         result = verify_log(log, root_path)
         chain = verify_receipt_log(state.receipts_path, TrustRoot.load(root_path))
-        report.artefacts["audit log"] = str(log)
+        report.artefacts["audit log"] = f"{log} (copied from {host}:{HOST_AUDIT_DIR})"
         return (
             f"audit log verified: {result.records} records,"
             f" {result.verified_checkpoints} signed checkpoints\n"
@@ -456,8 +393,8 @@ def run(say: Callable[[str], None] = print, work: Path = WORK) -> DemoReport:
     step("3. the courier's check", courier)
     step("3. high side: verify signatures and every byte, then publish", verify)
     step("3. high side: a copy with one flipped bit", tampered)
-    step("4. testbed (2 hosts) provisioned through Ansible: harden, runtime, verify; CKLBs", provision)
-    step("5. the verified images loaded into the local engine and started, hardened", serve)
+    step("4. testbed (2 hosts) provisioned through Ansible: harden, runtime, deploy, verify", provision)
+    step("5. the stack on host1 as its engine runs it (read over SSH)", stack)
     step("5. through the safety gateway", requests)
     step("6. evidence", audit)
     say("")

@@ -131,7 +131,13 @@ def _message(res: Mapping[str, Any]) -> str:
     for item in res.get("results") or []:
         if isinstance(item, dict) and item.get("failed"):
             return _message(item)
-    for key in ("msg", "stderr", "stdout", "reason"):
+    # A failed command's msg is only "non-zero return code": what it printed says why.
+    keys = (
+        ("stderr", "stdout", "msg", "reason")
+        if res.get("rc") not in (None, 0)
+        else ("msg", "stderr", "stdout", "reason")
+    )
+    for key in keys:
         value = res.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip().splitlines()[-1][:400]

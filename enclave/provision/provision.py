@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from enclave.bundle.statement import BundleStatement
+from enclave.bundle.tarformat import CONTENT_PREFIX
 from enclave.bundle.verify import VerifyResult, verify_bundle
 from enclave.errors import ProvisionError, UsageError
 from enclave.provision import cklb, preflight
@@ -32,6 +33,7 @@ from enclave.provision.report import write_json
 from enclave.provision.runner import DEFAULT_TIMEOUT, RunOutcome, run_site
 from enclave.provision.ssh import HostKeyRefused, HostKeyStore, HostUnreachable, SeenKey, Session
 from enclave.provision.view import ProgressView
+from enclave.trust.keys import PASSPHRASE_ENV, SigningKey
 from enclave.trust.root import TrustRoot
 
 MAX_PARALLEL_SSH = 16
@@ -62,6 +64,11 @@ class Options:
     # Called once with the verification's result, or the error it raised, before any host is
     # contacted (the CLI records its verification receipt there).
     on_verified: Callable[[VerifyResult | BaseException], None] | None = None
+    # The safety gateway's signing key (a key of the root's audit role) and its passphrase
+    # (None: unencrypted): needed when the bundle carries the gateway image. The passphrase
+    # reaches the roles through the Ansible process's environment, never a file of the run.
+    deploy_key: Path | None = None
+    deploy_passphrase: bytes | None = None
 
 
 @dataclass
@@ -122,6 +129,7 @@ def provision(opts: Options, say: Say | None = None) -> Outcome:
         project = playbooks_dir(statement, verified.extracted_to)
         catalogue = cklb.load_catalogue(project)
         payload = None if opts.check else plan_payload(statement, verified.extracted_to)
+        deploy = deploy_secrets(statement, verified.root, opts, work) if payload else {}
         outcomes = {h.name: HostOutcome(h) for h in hosts}
         view = ProgressView([h.name for h in hosts], opts.stream) if opts.show_progress else None
         _preflight_and_push(outcomes, store, payload, opts, view)
@@ -133,7 +141,7 @@ def provision(opts: Options, say: Say | None = None) -> Outcome:
         outcome_run: RunOutcome | None = None
         if ready:
             outcome_run = _run_playbook(
-                project, inventory, known_hosts, ready, statement, payload, opts, view
+                project, inventory, known_hosts, ready, statement, payload, opts, view, deploy
             )
             _collect(outcomes, outcome_run, catalogue, opts.check)
         if view is not None:
@@ -274,16 +282,73 @@ def _preflight_and_push(
 
 
 def deploy_vars(statement: BundleStatement, payload: Payload | None) -> dict[str, Any]:
-    """What the roles learn about the bundle (enclave_deploy's interface)."""
-    models = [c for c in statement.components if c.kind == "model"]
-    return {
+    """What the roles learn about the bundle (enclave_deploy's interface, paths under the
+    host's bundle directory). Nothing to deploy when nothing was pushed (check mode)."""
+    out: dict[str, Any] = {
         "enclave_bundle_name": statement.name,
         "enclave_bundle_version": statement.version,
         "enclave_bundle_dir": payload.remote_dir if payload else "",
         "enclave_bundle_components": [
             {"name": c.name, "kind": c.kind, "members": list(c.members)} for c in statement.components
         ],
-        "enclave_deploy_weights_dir": f"content/{models[0].name}" if models and payload else "",
+        "enclave_deploy_images": [],
+        "enclave_deploy_model_file": "",
+        "enclave_deploy_model_digest": "",
+        "enclave_deploy_policy_file": "",
+    }
+    if payload is None:
+        return out
+    members = {m.name: m for m in statement.members}
+    out["enclave_deploy_images"] = [
+        {"component": c.name, "dir": f"{CONTENT_PREFIX}{c.name}", "id": c.image.id, "ref": c.image.ref}
+        for c in statement.components
+        if c.image is not None
+    ]
+    model = served_model_file(statement)
+    if model is not None:
+        out["enclave_deploy_model_file"] = model
+        out["enclave_deploy_model_digest"] = f"{statement.digest}:{members[model].digest}"
+    policies = [c for c in statement.components if c.kind == "policy" and c.members]
+    if policies:
+        out["enclave_deploy_policy_file"] = policies[0].members[0]
+    return out
+
+
+def served_model_file(statement: BundleStatement) -> str | None:
+    """The member the model server serves: the first model component's GGUF file (or its only
+    file); None when the bundle has no model."""
+    for component in statement.components:
+        if component.kind != "model" or not component.members:
+            continue
+        ggufs = [m for m in component.members if m.endswith(".gguf")]
+        return (ggufs or list(component.members))[0]
+    return None
+
+
+def gateway_component(opts: Options) -> str:
+    return str(opts.extravars.get("enclave_deploy_gateway_component", "gateway"))
+
+
+def deploy_secrets(statement: BundleStatement, root: TrustRoot, opts: Options, work: Path) -> dict[str, Any]:
+    """Extra vars that hand the gateway its key and trust root, checked before any host is
+    contacted: a bundle that carries the gateway image cannot be deployed without a key of the
+    root's audit role (the gateway would refuse to start: fail closed, but late)."""
+    gateway = gateway_component(opts)
+    if not any(c.name == gateway and c.image is not None for c in statement.components):
+        return {}
+    if opts.deploy_key is None:
+        raise UsageError(
+            f"{statement.name} {statement.version} carries the safety gateway (image component "
+            f"{gateway}): give --audit-key, a key of the trust root's audit role, to deploy it"
+        )
+    key = SigningKey.load(opts.deploy_key, opts.deploy_passphrase or b"")
+    if key.keyid not in root.roles["audit"].keyids:
+        raise UsageError(f"{opts.deploy_key}: not a key of the audit role of trust root v{root.version}")
+    root_file = work / "root.json"
+    root_file.write_bytes(root.to_json())
+    return {
+        "enclave_deploy_audit_key_src": str(opts.deploy_key.resolve()),
+        "enclave_deploy_trust_root_src": str(root_file),
     }
 
 
@@ -296,6 +361,7 @@ def _run_playbook(
     payload: Payload | None,
     opts: Options,
     view: ProgressView | None,
+    deploy: Mapping[str, Any],
 ) -> RunOutcome:
     for name in ready:
         if view:
@@ -305,9 +371,18 @@ def _run_playbook(
         if view is not None and host is not None:
             view.update(fold.hosts[host])
 
-    extravars = {**deploy_vars(statement, payload), **opts.extravars}
+    extravars = {**deploy_vars(statement, payload), **deploy, **opts.extravars}
+    secrets = {PASSPHRASE_ENV: opts.deploy_passphrase.decode()} if deploy and opts.deploy_passphrase else {}
     return run_site(
-        project, inventory.path, known_hosts, ready, extravars, opts.check, on_event, opts.timeout
+        project,
+        inventory.path,
+        known_hosts,
+        ready,
+        extravars,
+        opts.check,
+        on_event,
+        opts.timeout,
+        secret_env=secrets,
     )
 
 

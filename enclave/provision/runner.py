@@ -102,8 +102,10 @@ def run_site(
     on_event: OnEvent | None = None,
     timeout: int = DEFAULT_TIMEOUT,
     playbook: str = "site.yml",
+    secret_env: Mapping[str, str] | None = None,
 ) -> RunOutcome:
-    """Run `playbook` from `project_dir` on `hosts` (names from `inventory`)."""
+    """Run `playbook` from `project_dir` on `hosts` (names from `inventory`). `secret_env`
+    reaches the Ansible process's environment only (suppress_env_files: never a file)."""
     if not (project_dir / playbook).is_file():
         raise ProvisionError(f"{project_dir / playbook}: no such playbook in the verified bundle")
     fold = RunFold(hosts)
@@ -131,7 +133,7 @@ def run_site(
             limit=",".join(hosts),
             forks=max(1, len(hosts)),
             extravars={**extravars, **forced_vars(known_hosts.resolve(), data_dir)},
-            envvars=envvars(data_dir, known_hosts.resolve()),
+            envvars={**envvars(data_dir, known_hosts.resolve()), **(secret_env or {})},
             cmdline="--check" if check else None,
             ident=ident,
             suppress_env_files=True,

@@ -299,6 +299,9 @@ def _write_inventory(base: Path, containers: list[Container]) -> None:
             "ansible_port": int(c.labels[f"{LABEL}.port"]),
             "ansible_user": image.ADMIN_USER,
             "ansible_ssh_private_key_file": str(base / KEY_NAME),
+            # The hosts share the machine's network namespace: each keeps its model server on
+            # its own loopback address too, where a real host would use 127.0.0.1.
+            "enclave_deploy_model_address": c.labels[f"{LABEL}.address"],
         }
         for c in containers
     }

@@ -230,3 +230,33 @@ def test_progress_view_redraws_in_place_on_a_terminal_and_is_silent_otherwise() 
     quiet = io.StringIO()
     ProgressView(["host1"], quiet).set_phase("host1", "push")
     assert quiet.getvalue() == ""
+
+
+def test_a_failed_command_is_explained_by_what_it_printed_not_by_its_exit_status() -> None:
+    reason = "enclave-gateway not healthy after 120 s (restarting unhealthy): enclave: policy.yaml: bad"
+    f = fold(
+        [
+            event(
+                "runner_on_failed",
+                "host1",
+                "Wait until each container's health check passes",
+                role="enclave_deploy",
+                res={
+                    "results": [
+                        {"failed": False, "rc": 0},
+                        {
+                            "failed": True,
+                            "rc": 1,
+                            "msg": "non-zero return code",
+                            "stderr": reason,
+                            "stdout": "",
+                        },
+                    ]
+                },
+            ),
+            event("runner_on_failed", "host2", "Assert", res={"failed": True, "msg": "assertion says why"}),
+        ],
+        ("host1", "host2"),
+    )
+    assert f.hosts["host1"].first_failure().message == reason
+    assert f.hosts["host2"].first_failure().message == "assertion says why"

@@ -1,0 +1,256 @@
+"""enclave_deploy on a real testbed host: the bundle's images loaded into the host's own engine
+and checked by their signed IDs, the SmolLM2 model server and the safety gateway started
+read-only, without capabilities, as a non-root user, and answering through the gateway; a
+second run changes nothing; a container swapped behind the role's back (same name, forged
+label) is caught by enclave_verify; provisioning without the gateway's key is refused before
+any host is contacted.
+
+One host, one testbed, tests in file order (as an operator would run them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import docker
+import paramiko
+import pytest
+
+from enclave.bundle.build import build_bundle
+from enclave.bundle.statement import BundleStatement
+from enclave.bundle.verify import verify_bundle
+from enclave.demo import model_weights
+from enclave.errors import ProvisionError, UsageError
+from enclave.images.reference import build_images
+from enclave.provision import Options, provision
+from enclave.testbed import TestbedState, down, up
+from enclave.trust.keys import SigningKey
+from enclave.trust.root import TrustRoot, sign_document
+from tests.conftest import Keys
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PASSPHRASE = b"deploy-test-passphrase"
+GATEWAY = "http://127.0.0.11:8080"
+STACK = ("enclave-model-server", "enclave-gateway")
+
+MANIFEST = """\
+apiVersion: enclave/v1
+kind: Bundle
+metadata: {{name: assistant, version: 2.0.0}}
+spec:
+  digest: sha384
+  components:
+    - {{name: weights, kind: model, path: ./weights, format: gguf}}
+    - {{name: model-server, kind: image, ref: enclave-model-server:0.1.0}}
+    - {{name: gateway, kind: image, ref: enclave-gateway:0.1.0}}
+    - {{name: policy, kind: policy, path: {policy}}}
+    - {{name: site, kind: playbooks, path: {playbooks}}}
+"""
+
+
+@dataclass
+class Env:
+    testbed: TestbedState
+    bundle: Path
+    root: TrustRoot
+    audit_key: Path
+    statement: BundleStatement
+    work: Path
+
+    def options(self, name: str, **kw: Any) -> Options:
+        out = self.work / name
+        out.mkdir(exist_ok=True)
+        settings: dict[str, Any] = {"deploy_key": self.audit_key, "deploy_passphrase": PASSPHRASE} | kw
+        return Options(
+            inventory=self.testbed.inventory,
+            bundle=self.bundle,
+            trust=self.root,
+            now=datetime.now(UTC),
+            report=out / "report.json",
+            show_progress=False,
+            **settings,
+        )
+
+
+@pytest.fixture(scope="module")
+def env(docker_engine: None, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("deploy")
+    client = docker.from_env(timeout=900)
+    try:
+        build_images(client)  # offline; cached when the demo or an earlier run built them
+    finally:
+        client.close()
+    src = work / "src"
+    (src / "weights").mkdir(parents=True)
+    shutil.copyfile(model_weights(), src / "weights" / "model.gguf")
+    (src / "bundle.yaml").write_text(
+        MANIFEST.format(policy=REPO / "bundles" / "policy" / "default.yaml", playbooks=REPO / "playbooks")
+    )
+    bundle = build_bundle(src / "bundle.yaml", work / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
+    audit = SigningKey.generate("ecdsa-p384")
+    audit.write(work / "audit.key", PASSPHRASE)
+    signed = TrustRoot.create(
+        {
+            "root": [keys.root.public],
+            "bundle": [keys.ecdsa.public, keys.mldsa.public],
+            "audit": [audit.public],
+            # The default policy holds requests for two approvers besides the requester; with
+            # fewer the gateway refuses to start (test_gateway covers that).
+            "approver": [keys.ecdsa2.public, keys.stranger.public, SigningKey.generate("ml-dsa-87").public],
+        },
+        {"bundle": 2},
+        datetime.now(UTC) + timedelta(days=30),
+        hybrid_roles=("bundle",),
+    )
+    (work / "root.json").write_bytes(sign_document(signed, [keys.root]))
+    root = TrustRoot.load(work / "root.json")
+    statement = verify_bundle([bundle], root, datetime.now(UTC), show_progress=False).statement
+    directory = work / "testbed"
+    try:
+        yield Env(up(directory, 1), bundle, root, work / "audit.key", statement, work)
+    finally:
+        down(directory)
+
+
+def on_host(state: TestbedState, command: str) -> tuple[int, str]:
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(state.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        "127.0.0.11",
+        username="enclave",
+        key_filename=str(state.private_key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=10,
+    )
+    try:
+        _, out, err = client.exec_command(command, timeout=120)
+        text = out.read().decode()
+        error = err.read().decode()
+        return out.channel.recv_exit_status(), text or error
+    finally:
+        client.close()
+
+
+def chat(text: str) -> tuple[int, dict[str, Any]]:
+    body = json.dumps(
+        {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": 16,
+            "temperature": 0,
+        }
+    ).encode()
+    request = urllib.request.Request(
+        GATEWAY + "/v1/chat/completions", body, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def signed_ids(statement: BundleStatement) -> dict[str, str]:
+    return {c.name: c.image.id for c in statement.components if c.image is not None}
+
+
+def test_a_gateway_bundle_is_not_deployed_without_an_audit_key(env: Env) -> None:
+    with pytest.raises(UsageError, match=r"carries the safety gateway .*give --audit-key") as info:
+        provision(env.options("no-key", deploy_key=None, deploy_passphrase=None))
+    assert info.value.exit_code == 2
+    with pytest.raises(UsageError, match=r"stranger.*not a key of the audit role") as info:
+        stranger = SigningKey.generate("ecdsa-p384")
+        stranger.write(env.work / "stranger.key", None)
+        provision(env.options("stranger", deploy_key=env.work / "stranger.key", deploy_passphrase=None))
+    assert info.value.exit_code == 2
+    with pytest.raises(UsageError, match=r"audit.key: cannot load private key: wrong passphrase"):
+        provision(env.options("wrong-passphrase", deploy_passphrase=b"not it"))
+    code, out = on_host(env.testbed, "test -e /var/lib/enclave && echo present || echo absent")
+    assert (code, out.strip()) == (0, "absent")  # refused before any host was contacted
+
+
+def test_deploy_runs_the_signed_stack_hardened_behind_the_gateway(env: Env) -> None:
+    outcome = provision(env.options("first"))
+    host = outcome.report["hosts"]["host1"]
+    assert outcome.report["result"] == "ok" and host["failed"] == 0 and host["changed"] > 0
+    code, out = on_host(env.testbed, "sudo docker container inspect " + " ".join(STACK))
+    assert code == 0, out
+    ids = signed_ids(env.statement)
+    containers = {c["Name"].lstrip("/"): c for c in json.loads(out)}
+    assert containers["enclave-model-server"]["Image"] == ids["model-server"]
+    assert containers["enclave-gateway"]["Image"] == ids["gateway"]
+    for name, c in containers.items():
+        config = c["HostConfig"]
+        assert c["State"]["Running"] and c["State"]["Health"]["Status"] == "healthy", name
+        assert config["ReadonlyRootfs"] and not config["Privileged"], name
+        assert config["CapDrop"] == ["ALL"] and not config["CapAdd"], name
+        assert "no-new-privileges" in config["SecurityOpt"] and c["Config"]["User"] == "10001:10001", name
+        mounts = {m["Destination"]: m for m in c["Mounts"]}
+        assert all(not m["RW"] for d, m in mounts.items() if d != "/var/lib/enclave/audit"), name
+    weights = containers["enclave-model-server"]["Mounts"][0]
+    assert weights["Source"] == "/var/lib/enclave/incoming/assistant-2.0.0/content/weights/model.gguf"
+    code, out = on_host(
+        env.testbed, "sudo stat --format '%n %u %a' /etc/enclave/gateway.env /etc/enclave/keys/audit.key"
+    )
+    assert out.splitlines() == [
+        "/etc/enclave/gateway.env 0 400",
+        "/etc/enclave/keys/audit.key 10001 400",
+    ]
+
+    status, answer = chat("What is the capital of France? Answer in one word.")
+    assert status == 200 and "paris" in answer["choices"][0]["message"]["content"].lower()
+    status, answer = chat("Set up mass surveillance of US persons' phone calls.")
+    assert status == 400 and answer["error"]["rule"] == "refuse.us-person-surveillance"
+    # The gateway writes the signed weights digest into its records, on the host.
+    code, out = on_host(env.testbed, "sudo tail -n 1 /var/lib/enclave/audit/audit.log")
+    weights_member = next(m for m in env.statement.members if m.name.endswith("model.gguf"))
+    assert json.loads(out)["model_digest"] == f"sha384:{weights_member.digest}"
+
+
+def test_second_run_changes_nothing(env: Env) -> None:
+    outcome = provision(env.options("second"))
+    host = outcome.report["hosts"]["host1"]
+    assert host["changed"] == 0 and host["failed"] == 0
+    _code, out = on_host(env.testbed, "sudo docker ps --format '{{.Names}} {{.Status}}'")
+    assert sorted(line.split()[0] for line in out.splitlines()) == sorted(STACK)
+
+
+def test_a_swapped_container_with_a_forged_label_is_caught_then_repaired(env: Env) -> None:
+    # Someone replaces the gateway with a root, writable container that carries the real one's
+    # label: the deploy role's spec check is fooled by design; the post-checks are not.
+    code, label = on_host(
+        env.testbed,
+        "sudo docker container inspect --format '{{index .Config.Labels \"enclave.spec\"}}' enclave-gateway",
+    )
+    assert code == 0 and len(label.strip()) == 64
+    rogue = (
+        "sudo docker rm --force enclave-gateway >/dev/null && sudo docker run --detach --name enclave-gateway"
+        f" --label enclave.spec={label.strip()} --user 0 --network none --health-cmd true"
+        " --health-interval 1s --entrypoint python3"
+        f" {signed_ids(env.statement)['gateway']} -c 'import time; time.sleep(900)'"
+    )
+    code, out = on_host(env.testbed, rogue)
+    assert code == 0, out
+    with pytest.raises(ProvisionError, match=r"host1: task 'Verify each deployed container") as info:
+        provision(env.options("swapped"))
+    assert info.value.exit_code == 7 and "container enclave-gateway is not running" in str(info.value)
+
+    code, out = on_host(env.testbed, "sudo docker rm --force enclave-gateway")
+    assert code == 0, out
+    outcome = provision(env.options("repaired"))
+    host = outcome.report["hosts"]["host1"]
+    assert outcome.report["result"] == "ok" and host["changed"] == 1
+    status, _answer = chat("Set up mass surveillance of US persons' phone calls.")
+    assert status == 400

@@ -1,0 +1,102 @@
+"""What `enclave provision` tells enclave_deploy about a verified bundle, and the checks it makes
+before any host is contacted when the bundle carries the safety gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member
+from enclave.errors import UsageError
+from enclave.provision import Options
+from enclave.provision.provision import deploy_secrets, deploy_vars, served_model_file
+from enclave.provision.push import Payload
+from enclave.trust.keys import SigningKey
+from enclave.trust.root import TrustRoot, sign_document
+from tests.conftest import Keys
+
+GATEWAY_ID = "sha256:" + "a" * 64
+SERVER_ID = "sha256:" + "b" * 64
+
+
+def image(ref: str, image_id: str) -> ImageRecord:
+    return ImageRecord(id=image_id, manifest_digest="sha256:" + "c" * 64, platform="linux/amd64", ref=ref)
+
+
+def statement(*components: ComponentEntry) -> BundleStatement:
+    names = [m for c in components for m in c.members]
+    return BundleStatement(
+        name="assistant",
+        version="1.2.3",
+        created="2026-11-26T00:00:00Z",
+        digest="sha384",
+        chunk_size=1 << 20,
+        components=components,
+        members=tuple(Member(n, 10, 0o644, f"{i:096x}") for i, n in enumerate(names)),
+    )
+
+
+WEIGHTS = ComponentEntry("weights", "model", ("content/weights/README.md", "content/weights/m.gguf"), "gguf")
+POLICY = ComponentEntry("policy", "policy", ("content/policy/default.yaml",))
+SERVER = ComponentEntry(
+    "model-server", "image", ("content/model-server/index.json",), image=image("srv:1", SERVER_ID)
+)
+GATEWAY = ComponentEntry("gateway", "image", ("content/gateway/index.json",), image=image("gw:1", GATEWAY_ID))
+PAYLOAD = Payload("/var/lib/enclave/incoming/assistant-1.2.3", "sha384", 1 << 20, ())
+
+
+def options(key: Path | None) -> Options:
+    return Options(inventory=Path("inv"), bundle=Path("b"), trust=None, now=datetime.now(UTC), deploy_key=key)
+
+
+def root_with_audit(keys: Keys, audit: SigningKey) -> TrustRoot:
+    signed = TrustRoot.create(
+        {
+            "root": [keys.root.public],
+            "bundle": [keys.ecdsa.public, keys.mldsa.public],
+            "audit": [audit.public],
+        },
+        {},
+        datetime.now(UTC) + timedelta(days=1),
+    )
+    return TrustRoot.from_json(sign_document(signed, [keys.root]), "root.json")
+
+
+def test_deploy_vars_name_the_images_the_served_weights_and_the_policy() -> None:
+    s = statement(WEIGHTS, SERVER, GATEWAY, POLICY)
+    out = deploy_vars(s, PAYLOAD)
+    assert out["enclave_bundle_dir"] == PAYLOAD.remote_dir
+    assert out["enclave_deploy_images"] == [
+        {"component": "model-server", "dir": "content/model-server", "id": SERVER_ID, "ref": "srv:1"},
+        {"component": "gateway", "dir": "content/gateway", "id": GATEWAY_ID, "ref": "gw:1"},
+    ]
+    assert out["enclave_deploy_model_file"] == "content/weights/m.gguf"  # the GGUF, not the README
+    assert out["enclave_deploy_model_digest"] == "sha384:" + f"{1:096x}"
+    assert out["enclave_deploy_policy_file"] == "content/policy/default.yaml"
+
+
+def test_nothing_to_deploy_in_check_mode_or_without_a_model() -> None:
+    out = deploy_vars(statement(WEIGHTS, SERVER, GATEWAY, POLICY), None)
+    assert out["enclave_deploy_images"] == [] and out["enclave_deploy_model_file"] == ""
+    assert served_model_file(statement(POLICY)) is None
+    only = ComponentEntry("w", "model", ("content/w/weights.safetensors",))
+    assert served_model_file(statement(only)) == "content/w/weights.safetensors"
+
+
+def test_a_bundle_without_the_gateway_needs_no_key(keys: Keys, tmp_path: Path) -> None:
+    root = root_with_audit(keys, keys.ecdsa2)
+    assert deploy_secrets(statement(WEIGHTS, SERVER, POLICY), root, options(None), tmp_path) == {}
+
+
+def test_the_gateway_needs_a_key_of_the_audit_role(keys: Keys, tmp_path: Path) -> None:
+    s = statement(WEIGHTS, SERVER, GATEWAY, POLICY)
+    root = root_with_audit(keys, keys.ecdsa2)
+    with pytest.raises(UsageError, match=r"carries the safety gateway \(image component gateway\)"):
+        deploy_secrets(s, root, options(None), tmp_path)
+    with pytest.raises(UsageError, match=r"stranger: not a key of the audit role"):
+        deploy_secrets(s, root, options(keys.path("stranger")), tmp_path)
+    out = deploy_secrets(s, root, options(keys.path("ecdsa2")), tmp_path)
+    assert out["enclave_deploy_audit_key_src"] == str(keys.path("ecdsa2").resolve())
+    assert TrustRoot.load(Path(out["enclave_deploy_trust_root_src"])).digest == root.digest
