@@ -33,6 +33,10 @@ PACKAGES = (
     "docker.io",  # the host's own (inner) engine
     "iproute2",
     "procps",
+    # pam_pwquality, which the password complexity controls configure (STIG UBTU-22-215010);
+    # debootstrap skips Recommends, so the cracklib dictionary that dictcheck reads is named.
+    "libpam-pwquality",
+    "cracklib-runtime",
 )
 REPOSITORY = "enclave-testbed-host"
 ADMIN_USER = "enclave"

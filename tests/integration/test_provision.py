@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,22 @@ spec:
     - {{name: weights, kind: model, path: ./weights, format: gguf}}
     - {{name: policy, kind: policy, path: ./policy.yaml}}
     - {{name: site, kind: playbooks, path: {playbooks}}}
+"""
+
+# Asks the host's libpwquality (the library pam_pwquality calls) about two passwords, with the
+# settings it reads from /etc/security/pwquality.conf and pwquality.conf.d/.
+PWQUALITY_CHECK = """
+import ctypes
+lib = ctypes.CDLL("libpwquality.so.1")
+lib.pwquality_default_settings.restype = ctypes.c_void_p
+lib.pwquality_strerror.restype = ctypes.c_char_p
+settings = ctypes.c_void_p(lib.pwquality_default_settings())
+assert lib.pwquality_read_config(settings, None, None) == 0
+for name, password in (("short", b"Xq7#Lm2$"), ("no-upper", b"xq7#lm2$vb9%tr4&")):
+    aux = ctypes.c_void_p()
+    rc = lib.pwquality_check(settings, password, None, None, ctypes.byref(aux))
+    buf = ctypes.create_string_buffer(256)
+    print(name + ": " + lib.pwquality_strerror(buf, 256, rc, aux).decode())
 """
 
 
@@ -164,6 +181,9 @@ def test_audit_of_fresh_hosts_reports_open_findings_first_contact_recorded(env: 
         assert statuses["UBTU-22-255040"] == "open"  # X11 forwarding not yet disabled
         assert statuses["UBTU-22-611070"] == "not_a_finding"  # SHA512 already the Debian default
         assert statuses["UBTU-22-213010"] == "not_applicable"  # kernel: the hosts are containers
+        assert statuses["UBTU-22-215010"] == "not_a_finding"  # libpam-pwquality is in the image
+        assert statuses["UBTU-22-611035"] == "open"  # minlen only commented out (default 8)
+        assert statuses["UBTU-22-611045"] == "open"  # "enforcing = 1" only commented out
     # Check mode changed nothing and pushed nothing.
     _code, out = ssh(
         env.testbed, "127.0.0.11", "ls /etc/ssh/sshd_config.d/; test -e /var/lib/enclave || echo no-payload"
@@ -244,6 +264,13 @@ def test_harden_and_verify_two_hosts(env: Env) -> None:
             env.testbed, address, "sudo -n sshd -T | grep -E '^(x11forwarding|permitrootlogin|ciphers) '"
         )
         assert "x11forwarding no" in out and "permitrootlogin no" in out and "ciphers aes256-ctr," in out
+        assert statuses["UBTU-22-611035"] == "not_a_finding"
+        # What libpwquality itself now enforces (the settings it reads, not the file's text).
+        code, out = ssh(env.testbed, address, f"python3 -c {shlex.quote(PWQUALITY_CHECK)}")
+        assert code == 0 and out.split("\n")[0] == "short: The password is shorter than 15 characters", out
+        assert out.split("\n")[1] == "no-upper: The password contains less than 1 uppercase letters", out
+        code, out = ssh(env.testbed, address, "grep pam_pwquality /etc/pam.d/common-password")
+        assert code == 0 and out.split() == ["password", "requisite", "pam_pwquality.so", "retry=3"], out
     # The hardened inner engine still runs containers (bridge-less, no-new-privileges).
     script = (
         "set -e; d=$(mktemp -d); cd $d; mkdir -p usr/bin lib/x86_64-linux-gnu lib64;"
@@ -272,6 +299,31 @@ def test_audit_after_hardening_finds_nothing_open(env: Env) -> None:
     for host in report["hosts"].values():
         assert host["openFindings"] == [] and host["changed"] == 0
         assert "open" not in checklist_rules(Path(host["checklist"])).values()
+
+
+def test_a_missing_libpam_pwquality_is_an_open_finding_and_pam_is_left_alone(env: Env) -> None:
+    """Without the package every password quality control is an open finding that says why, the
+    other controls still run, and the role does not ask PAM for a module that is not there."""
+    code, out = ssh(env.testbed, "127.0.0.12", "sudo -n dpkg --remove libpam-pwquality 2>&1")
+    assert code == 0, out
+    code, out = ssh(env.testbed, "127.0.0.12", "grep -c pam_pwquality /etc/pam.d/common-password")
+    assert out.strip() == "0", out  # the package's pam-auth-update profile went with it
+    with pytest.raises(ProvisionError, match=r"host2") as info:
+        provision(env.options("no-pwquality", limit="host2"))
+    assert info.value.exit_code == 7
+    host = json.loads((env.work / "no-pwquality" / "report.json").read_text())["hosts"]["host2"]
+    assert host["failed"] == 0 and host["ignored"] > 0 and host["unreachable"] is False
+    statuses = checklist_rules(Path(host["checklist"]))
+    pwquality = ["UBTU-22-215010"] + [f"UBTU-22-6110{n}" for n in (10, 15, 20, 25, 30, 35, 40, 45)]
+    assert {statuses[cid] for cid in pwquality} == {"open"}
+    assert {cid for cid, status in statuses.items() if status == "open"} == set(pwquality)
+    assert host["openFindings"] == sorted(pwquality)  # every other control still evaluated, and met
+    doc = json.loads(Path(host["checklist"]).read_text())
+    details = {r["rule_version"]: r["finding_details"] for stig in doc["stigs"] for r in stig["rules"]}
+    for cid in pwquality:
+        assert "libpam-pwquality is not installed and the host has no package source" in details[cid], cid
+    code, out = ssh(env.testbed, "127.0.0.12", "grep -c pam_pwquality /etc/pam.d/common-password")
+    assert out.strip() == "0", out
 
 
 def test_a_stopped_host_fails_the_run_naming_it_while_the_other_completes(env: Env) -> None:

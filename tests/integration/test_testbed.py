@@ -78,6 +78,7 @@ def test_inventory_key_and_known_hosts(testbed: TestbedState) -> None:
             "ansible_port": 22,
             "ansible_user": USER,
             "ansible_ssh_private_key_file": str(testbed.private_key),
+            "enclave_deploy_model_address": address_of(index),  # one shared network namespace
         }
     assert stat.S_IMODE(testbed.private_key.stat().st_mode) == 0o600
     pinned = paramiko.HostKeys(str(testbed.known_hosts))

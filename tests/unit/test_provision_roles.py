@@ -101,3 +101,29 @@ def test_site_runs_the_four_roles_in_order_and_verify_only_when_applying() -> No
     roles = [r["role"] for r in play["roles"]]
     assert roles == ["enclave_harden", "enclave_runtime", "enclave_deploy", "enclave_verify"]
     assert play["roles"][-1]["when"] == "not ansible_check_mode"
+
+
+PWQUALITY_GUARDED = ("{{ enclave_harden_pwquality_path }}", "{{ enclave_harden_pwquality_pam_path }}")
+
+
+def test_password_quality_controls_write_only_through_the_package_guard() -> None:
+    """Without libpam-pwquality these paths fail the task with the reason (an open finding):
+    no setting is written for, and no PAM line names, a module that is not installed."""
+    tasks = tasks_of(HARDEN / "tasks" / "passwords.yml")
+    ids = {str(t["name"]).split(" ", 1)[0] for t in tasks}
+    assert ids == {"UBTU-22-215010"} | {f"UBTU-22-6110{n}" for n in (10, 15, 20, 25, 30, 35, 40, 45)}
+    for task in tasks:
+        if "ansible.builtin.lineinfile" not in task:
+            assert "ansible.builtin.assert" in task and task["name"].startswith("UBTU-22-215010 ")
+            continue
+        path = task["ansible.builtin.lineinfile"]["path"]
+        paths = [item["path"] for item in task["loop"]] if path == "{{ item.path }}" else [path]
+        assert paths and all(p in PWQUALITY_GUARDED for p in paths), task["name"]
+    defaults = yaml.safe_load((HARDEN / "defaults" / "main.yml").read_text())
+    for var in ("enclave_harden_pwquality_path", "enclave_harden_pwquality_pam_path"):
+        guard = defaults[var]
+        assert "'libpam-pwquality' in enclave_harden_state.packages.split()" in guard
+        assert "undef(hint=enclave_harden_pwquality_missing)" in guard
+    assert defaults["enclave_harden_pwquality_minlen"] >= 15
+    assert defaults["enclave_harden_pwquality_difok"] >= 8
+    assert 1 <= defaults["enclave_harden_pwquality_retry"] <= 3
