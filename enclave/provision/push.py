@@ -1,10 +1,15 @@
 """Push the verified bundle content to a host over SFTP, resumably, re-checked on the host.
 
-Layout on the host: /var/lib/enclave/incoming/NAME-VERSION/<member name> (content/..., plus the
-signed envelope). Bytes go to `<name>.part`; a later run resumes a cut transfer: the host hashes
-the .part's whole chunks (compared with the signed chunk digests) and its trailing partial chunk
-(compared with the same range of the verified local copy), and the transfer continues from the
-last byte that is still right. Before anything uses a file, the host re-hashes it against the
+Layout on the host: /var/lib/enclave/incoming/NAME-VERSION/<member name> (every member, plus the
+signed envelope): the whole signed tree, so the monitoring agent can re-verify it as `bundle
+verify --extract-to` would have published it. Directories in it are 0755 and files read-only, so
+a non-root container given the directory (the agent, uid 10001) can read all of it; the gate is
+`incoming`, 0750 and the login user's.
+
+Bytes go to `<name>.part`; a later run resumes a cut transfer: the host hashes the .part's whole
+chunks (compared with the signed chunk digests) and its trailing partial chunk (compared with
+the same range of the verified local copy), and the transfer continues from the last byte that
+is still right. Before anything uses a file, the host re-hashes it against the
 signed statement (hostside.py) and only then gives it its final name, read-only.
 """
 
@@ -32,6 +37,7 @@ from enclave.provision.ssh import HostUnreachable, Session
 
 INCOMING = "/var/lib/enclave/incoming"
 BLOCK = 1024 * 1024
+TREE_DIR_MODE = 0o755  # directories of the pushed tree (files are read-only: hostside.py)
 ATTEMPTS = 2  # a file that fails its digest on the host is sent once more, from byte 0
 HOSTSIDE_SOURCE = Path(hostside.__file__).read_text(encoding="utf-8")
 
@@ -86,16 +92,12 @@ class PushResult:
         }
 
 
-def plan_payload(
-    statement: BundleStatement, extracted: Path, skip_kinds: Sequence[str] = ("playbooks",)
-) -> Payload:
-    """What goes to each host: every member except the playbooks (they run from the controller),
-    and the signed envelope, so the host can re-verify on its own later."""
-    skipped = {m for c in statement.components if c.kind in skip_kinds for m in c.members}
+def plan_payload(statement: BundleStatement, extracted: Path) -> Payload:
+    """What goes to each host: every member and the signed envelope, so the host can re-verify
+    the whole tree on its own later. The playbooks run from the controller but go too (they are
+    small): a tree with members missing could not be told apart from a tampered one."""
     files = [
-        PushFile(m.name, extracted / m.name, m.size, m.mode, m.digest, m.chunks)
-        for m in statement.members
-        if m.name not in skipped
+        PushFile(m.name, extracted / m.name, m.size, m.mode, m.digest, m.chunks) for m in statement.members
     ]
     envelope = extracted / ENVELOPE_NAME
     raw = envelope.read_bytes()
@@ -232,14 +234,18 @@ def _host_call(session: Session, operation: str, request: dict[str, Any]) -> dic
 
 
 def _prepare_dir(session: Session, remote_dir: str) -> None:
-    """/var/lib/enclave/incoming belongs to the login user (it writes over SFTP); the rest of
-    /var/lib/enclave stays root's."""
+    """/var/lib/enclave/incoming belongs to the login user (it writes over SFTP) and is 0750; the
+    rest of /var/lib/enclave stays root's. The bundle directory and those under it are 0755
+    (also when an earlier push left them 0750): readable through a bind mount of the directory
+    by the agent's non-root user."""
     incoming = shlex.quote(INCOMING)
     parent = shlex.quote(posixpath.dirname(INCOMING))
+    remote = shlex.quote(remote_dir)
     out = session.run(
         f"sudo -n install -d -m 0755 -o root -g root {parent} && "
         f'sudo -n install -d -m 0750 -o "$(id -u)" -g "$(id -g)" {incoming} && '
-        f"install -d -m 0750 {shlex.quote(remote_dir)}"
+        f"install -d -m {TREE_DIR_MODE:04o} {remote} && "
+        f"find {remote} -type d ! -perm {TREE_DIR_MODE:04o} -exec chmod {TREE_DIR_MODE:04o} {{}} +"
     )
     if out.code != 0:
         raise PushError(f"cannot create {remote_dir}: {out.reason()}")
@@ -267,7 +273,8 @@ def _mkdirs(sftp: paramiko.SFTPClient, directory: str) -> None:
             missing.append(directory)
             directory = posixpath.dirname(directory)
     for path in reversed(missing):
-        sftp.mkdir(path, 0o750)
+        sftp.mkdir(path, TREE_DIR_MODE)
+        sftp.chmod(path, TREE_DIR_MODE)  # the SFTP server's umask may have narrowed it
 
 
 def _send(

@@ -1,9 +1,10 @@
 """enclave_deploy on a real testbed host: the bundle's images loaded into the host's own engine
 and checked by their signed IDs, the SmolLM2 model server and the safety gateway started
-read-only, without capabilities, as a non-root user, and answering through the gateway; a
-second run changes nothing; a container swapped behind the role's back (same name, forged
-label) is caught by enclave_verify; provisioning without the gateway's key is refused before
-any host is contacted.
+read-only, without capabilities, as a non-root user, and answering through the gateway; the
+monitoring agent beside them, re-verifying the host's copy of the bundle (its first round
+passes; a weights byte flipped on the host is named by the next one); a second run changes
+nothing; a container swapped behind the role's back (same name, forged label) is caught by
+enclave_verify; provisioning without the gateway's key is refused before any host is contacted.
 
 One host, one testbed, tests in file order (as an operator would run them).
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +43,11 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 PASSPHRASE = b"deploy-test-passphrase"
 GATEWAY = "http://127.0.0.11:8080"
-STACK = ("enclave-model-server", "enclave-gateway")
+AGENT = "http://127.0.0.11:9108"
+AGENT_INTERVAL = 15  # seconds between rounds; a round re-hashes about 0.8 GB here
+STACK = ("enclave-model-server", "enclave-gateway", "enclave-agent")
+BUNDLE_DIR = "/var/lib/enclave/incoming/assistant-2.0.0"
+WEIGHTS = "content/weights/model.gguf"
 
 MANIFEST = """\
 apiVersion: enclave/v1
@@ -53,6 +59,7 @@ spec:
     - {{name: weights, kind: model, path: ./weights, format: gguf}}
     - {{name: model-server, kind: image, ref: enclave-model-server:0.1.0}}
     - {{name: gateway, kind: image, ref: enclave-gateway:0.1.0}}
+    - {{name: agent, kind: image, ref: enclave-agent:0.1.0}}
     - {{name: policy, kind: policy, path: {policy}}}
     - {{name: site, kind: playbooks, path: {playbooks}}}
 """
@@ -70,7 +77,11 @@ class Env:
     def options(self, name: str, **kw: Any) -> Options:
         out = self.work / name
         out.mkdir(exist_ok=True)
-        settings: dict[str, Any] = {"deploy_key": self.audit_key, "deploy_passphrase": PASSPHRASE} | kw
+        settings: dict[str, Any] = {
+            "deploy_key": self.audit_key,
+            "deploy_passphrase": PASSPHRASE,
+            "extravars": {"enclave_deploy_agent_interval": AGENT_INTERVAL},
+        } | kw
         return Options(
             inventory=self.testbed.inventory,
             bundle=self.bundle,
@@ -191,6 +202,7 @@ def test_deploy_runs_the_signed_stack_hardened_behind_the_gateway(env: Env) -> N
     containers = {c["Name"].lstrip("/"): c for c in json.loads(out)}
     assert containers["enclave-model-server"]["Image"] == ids["model-server"]
     assert containers["enclave-gateway"]["Image"] == ids["gateway"]
+    assert containers["enclave-agent"]["Image"] == ids["agent"]
     for name, c in containers.items():
         config = c["HostConfig"]
         assert c["State"]["Running"] and c["State"]["Health"]["Status"] == "healthy", name
@@ -198,15 +210,26 @@ def test_deploy_runs_the_signed_stack_hardened_behind_the_gateway(env: Env) -> N
         assert config["CapDrop"] == ["ALL"] and not config["CapAdd"], name
         assert "no-new-privileges" in config["SecurityOpt"] and c["Config"]["User"] == "10001:10001", name
         mounts = {m["Destination"]: m for m in c["Mounts"]}
-        assert all(not m["RW"] for d, m in mounts.items() if d != "/var/lib/enclave/audit"), name
+        writable = {"/var/lib/enclave/audit", "/var/lib/enclave/agent"}
+        assert all(not m["RW"] for d, m in mounts.items() if d not in writable), name
+        # Only the agent reaches the engine (it reads running image IDs), by the socket's group.
+        engine = name == "enclave-agent"
+        assert ("/var/run/docker.sock" in mounts) is engine and bool(config["GroupAdd"]) is engine, name
+    agent = {m["Destination"]: m["Source"] for m in containers["enclave-agent"]["Mounts"]}
+    assert agent["/bundle"] == BUNDLE_DIR and agent["/host/etc"] == "/etc"
+    assert agent["/var/lib/enclave/agent"] == "/var/lib/enclave/agent"  # its own log, not the gateway's
+    assert containers["enclave-agent"]["HostConfig"]["GroupAdd"] != ["0"]
     weights = containers["enclave-model-server"]["Mounts"][0]
     assert weights["Source"] == "/var/lib/enclave/incoming/assistant-2.0.0/content/weights/model.gguf"
     code, out = on_host(
-        env.testbed, "sudo stat --format '%n %u %a' /etc/enclave/gateway.env /etc/enclave/keys/audit.key"
+        env.testbed,
+        "sudo stat --format '%n %u %a' /etc/enclave/gateway.env /etc/enclave/keys/audit.key"
+        " /var/lib/enclave/agent",
     )
     assert out.splitlines() == [
         "/etc/enclave/gateway.env 0 400",
         "/etc/enclave/keys/audit.key 10001 400",
+        "/var/lib/enclave/agent 10001 700",
     ]
 
     status, answer = chat("What is the capital of France? Answer in one word.")
@@ -217,6 +240,24 @@ def test_deploy_runs_the_signed_stack_hardened_behind_the_gateway(env: Env) -> N
     code, out = on_host(env.testbed, "sudo tail -n 1 /var/lib/enclave/audit/audit.log")
     weights_member = next(m for m in env.statement.members if m.name.endswith("model.gguf"))
     assert json.loads(out)["model_digest"] == f"sha384:{weights_member.digest}"
+
+
+def test_the_agents_first_round_passes_on_the_whole_pushed_tree(env: Env) -> None:
+    metrics = wait_for_metrics(lambda m: m.get("enclave_agent_rounds_total", 0) >= 1)
+    for check in ("integrity", "images", "hardening"):
+        assert metrics[f'enclave_agent_check_ok{{check="{check}"}}'] == 1, (check, metrics)
+    assert metrics['enclave_agent_checks_total{check="integrity",result="pass"}'] >= 1
+    # The round's records, in the agent's own signed log on the host.
+    records = agent_checks(env)
+    first = {r["check"]: r for r in records if r["round"] == 1}
+    assert {c: r["result"] for c, r in first.items()} == {
+        "integrity": "pass",
+        "images": "pass",
+        "hardening": "pass",
+        "canaries": "not_applicable",
+    }
+    assert first["integrity"]["files"] == len(env.statement.members)  # playbooks included
+    assert first["integrity"]["bytes_hashed"] == sum(m.size for m in env.statement.members)
 
 
 def test_second_run_changes_nothing(env: Env) -> None:
@@ -254,3 +295,63 @@ def test_a_swapped_container_with_a_forged_label_is_caught_then_repaired(env: En
     assert outcome.report["result"] == "ok" and host["changed"] == 1
     status, _answer = chat("Set up mass surveillance of US persons' phone calls.")
     assert status == 400
+
+
+def test_a_weights_byte_flipped_on_the_host_is_named_by_the_agent(env: Env) -> None:
+    """Last in the file: it changes the host's copy (and puts it back)."""
+    path = f"{BUNDLE_DIR}/{WEIGHTS}"
+    flip = f"sudo python3 -c {FLIP!r} {path} 4242"
+    code, out = on_host(env.testbed, f"sudo chmod u+w {path} && {flip}")
+    assert code == 0, out
+    try:
+        metrics = wait_for_metrics(lambda m: m.get('enclave_agent_check_ok{check="integrity"}') == 0)
+        assert metrics['enclave_agent_integrity_failures_total{kind="changed"}'] >= 1
+        failed = [r for r in agent_checks(env) if r["check"] == "integrity" and r["result"] == "fail"]
+        assert failed, "the agent's log has no failed integrity record"
+        findings = failed[-1]["findings"]
+        assert [(f["kind"], f["name"]) for f in findings] == [("changed", WEIGHTS)]
+        assert "chunk 0 of" in findings[0]["detail"]  # byte 4242 lies in the first chunk
+    finally:
+        code, out = on_host(env.testbed, f"{flip} && sudo chmod a-w {path}")
+        assert code == 0, out
+    # Put back as signed (read-only again): the next round passes.
+    wait_for_metrics(lambda m: m.get('enclave_agent_check_ok{check="integrity"}') == 1)
+
+
+# Flips the bits of one byte in place (path, offset): run on the host, twice to undo.
+FLIP = (
+    "import sys; f = open(sys.argv[1], 'r+b'); f.seek(int(sys.argv[2])); b = f.read(1); "
+    "f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xFF])); f.close()"
+)
+
+
+def read_metrics() -> dict[str, float]:
+    """The agent's /metrics, from this machine (host network): series -> value."""
+    with urllib.request.urlopen(AGENT + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+def wait_for_metrics(ready: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+    """Poll /metrics until `ready` (bounded: a few rounds)."""
+    deadline = time.monotonic() + 6 * AGENT_INTERVAL + 30
+    metrics: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        metrics = read_metrics()
+        if ready(metrics):
+            return metrics
+        time.sleep(1)
+    raise AssertionError(f"the agent's metrics never got there: {metrics}")
+
+
+def agent_checks(env: Env) -> list[dict[str, Any]]:
+    """The agent-check records of the agent's audit log on the host."""
+    code, out = on_host(env.testbed, "sudo cat /var/lib/enclave/agent/audit.log")
+    assert code == 0, out
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [r for r in records if r.get("event") == "agent-check"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import pytest
 from enclave.bundle.digest import FileDigest
 from enclave.bundle.statement import Member
 from enclave.errors import IntegrityError, TrustError
-from enclave.runtime.agent.integrity import check_integrity, compare_digest
+from enclave.runtime.agent.integrity import (
+    check_integrity,
+    compare_digest,
+    compare_tree,
+    load_statement,
+    mode_acceptable,
+    scan_tree,
+)
 from enclave.runtime.agent.results import CheckResult, Finding
 from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys
@@ -92,6 +100,58 @@ def test_mode_and_type_changes(site: Site) -> None:
     result = check(site)
     assert found(result) == {("mode", "content/policy/policy.yaml"), ("type", "content/weights/config.json")}
     assert "mode 0755, signed 0644" in result.findings[0].detail + result.findings[1].detail
+
+
+def test_a_read_only_copy_of_the_tree_passes(site: Site) -> None:
+    """What `enclave provision` leaves on a host: every file without its write bits."""
+    for path in site.tree.rglob("*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode & 0o555)
+    result = check(site)
+    assert result.result == "pass", result.lines()
+
+
+def test_an_exec_bit_on_a_read_only_copy_is_still_a_finding(site: Site) -> None:
+    policy = site.tree / "content/policy/policy.yaml"
+    policy.chmod(0o555)  # write bits gone (allowed), exec bits added (not)
+    result = check(site)
+    assert found(result) == {("mode", "content/policy/policy.yaml")}
+    assert result.error is IntegrityError and "mode 0555, signed 0644" in result.findings[0].detail
+
+
+def test_a_writable_copy_of_a_read_only_signed_file_is_a_finding(site: Site) -> None:
+    """Bundles sign 0644/0755 (FORMAT.md), so a 0444-signed member is built here: the rule is
+    that dropping write bits is the one allowed difference, never adding them."""
+    verified = load_statement(site.tree, TrustRoot.load(site.root), datetime.now(UTC))
+    name = "content/weights/config.json"
+    members = tuple(replace(m, mode=0o444) if m.name == name else m for m in verified.statement.members)
+    statement = replace(verified.statement, members=members)
+    (site.tree / name).chmod(0o444)
+    findings, _ = compare_tree(statement, scan_tree(site.tree, 1000)[0])
+    assert findings == []
+    (site.tree / name).chmod(0o644)  # looser than signed: someone made it writable
+    findings, _ = compare_tree(statement, scan_tree(site.tree, 1000)[0])
+    assert [(f.kind, f.name, f.detail) for f in findings] == [("mode", name, "mode 0644, signed 0444")]
+
+
+@pytest.mark.parametrize(
+    ("found_mode", "signed", "ok"),
+    [
+        (0o644, 0o644, True),
+        (0o444, 0o644, True),  # the host's read-only copy
+        (0o555, 0o755, True),
+        (0o400, 0o600, True),
+        (0o644, 0o444, False),  # write bit added
+        (0o200, 0o000, False),
+        (0o755, 0o644, False),  # exec bits added
+        (0o555, 0o644, False),
+        (0o544, 0o644, False),  # the owner's exec bit alone
+        (0o440, 0o644, False),  # narrower than read-only-signed is still not the signed mode
+        (0o4444, 0o644, False),  # setuid
+    ],
+)
+def test_mode_acceptable_allows_only_dropping_write_bits(found_mode: int, signed: int, ok: bool) -> None:
+    assert mode_acceptable(found_mode, signed) is ok
 
 
 def test_a_directory_of_the_bundle_replaced_by_a_symlink(site: Site) -> None:

@@ -3,10 +3,12 @@ source that is sent to hosts (python3 -c), exercised both in-process and as a su
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -20,9 +22,11 @@ from enclave.bundle.verify import verify_bundle
 from enclave.provision import hostside
 from enclave.provision.push import (
     HOSTSIDE_SOURCE,
+    TREE_DIR_MODE,
     Payload,
     PushFile,
     _local_digest,
+    _mkdirs,
     _request,
     plan_payload,
     remaining_bytes,
@@ -53,9 +57,13 @@ def host_dir(tmp_path: Path, payload: Payload) -> Path:
     return root
 
 
-def test_payload_is_everything_but_the_playbooks_plus_the_envelope(payload: Payload) -> None:
+def test_payload_is_every_member_plus_the_envelope(payload: Payload) -> None:
+    """The whole signed tree, playbooks included: the host's copy re-verifies as a whole."""
     names = [f.name for f in payload.files]
-    assert not any(n.startswith("content/playbooks/") for n in names)
+    statement = json.loads(base64.b64decode(json.loads(payload.files[-1].local.read_bytes())["payload"]))
+    signed = [m["name"] for m in statement["predicate"]["members"]]
+    assert names == [*signed, ENVELOPE_NAME]
+    assert any(n.startswith("content/site/") for n in names)  # the playbooks component
     assert "content/weights/model.gguf" in names and "content/policy/policy.yaml" in names
     assert names[-1] == ENVELOPE_NAME
     envelope = payload.files[-1]
@@ -199,3 +207,24 @@ def test_the_sent_source_runs_alone(payload: Payload, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr.decode()
     answer = json.loads(proc.stdout)["files"]
     assert all(v["ok"] for v in answer.values()), answer
+
+
+def test_directories_of_the_pushed_tree_are_created_0755_whatever_the_umask(tmp_path: Path) -> None:
+    """uid 10001 (the agent) reads the tree through a bind mount of the bundle directory: each
+    directory the push creates is chmod'ed after mkdir (an SFTP server's umask may narrow it)."""
+
+    class LocalSftp:  # the two calls _mkdirs makes, on the local file system, with umask 077
+        def stat(self, path: str) -> os.stat_result:
+            return os.stat(path)
+
+        def mkdir(self, path: str, mode: int) -> None:
+            os.mkdir(path, mode & ~0o077)
+
+        def chmod(self, path: str, mode: int) -> None:
+            os.chmod(path, mode)
+
+    base = tmp_path / "bundle"
+    base.mkdir(mode=0o755)
+    _mkdirs(LocalSftp(), str(base / "content" / "weights"))  # type: ignore[arg-type]
+    for directory in (base / "content", base / "content" / "weights"):
+        assert stat.S_IMODE(directory.stat().st_mode) == TREE_DIR_MODE == 0o755

@@ -5,7 +5,8 @@ and every member of the statement at its path (`DIR/sbom.cdx.json`, `DIR/content
 Each round starts from the envelope on disk, never from memory: its signatures are checked
 against the trust root first (an envelope edited in place fails here), then every file's
 type, size, mode and chunked digest (on all cores), and the tree is walked for files that
-the statement does not list.
+the statement does not list. A file's mode may be the signed one or the signed one without
+write bits (the copy `enclave provision` pushes to a host is made read-only).
 """
 
 from __future__ import annotations
@@ -124,6 +125,16 @@ def _parents(name: str) -> Iterator[str]:
         yield "/".join(parts[:index])
 
 
+WRITE_BITS = 0o222
+
+
+def mode_acceptable(found: int, signed: int) -> bool:
+    """The signed mode, or the signed mode without its write bits: provisioning makes the
+    host's copy read-only on purpose (stricter than signed). Anything else, an added bit or a
+    write bit on a file signed without one, is looser and a finding."""
+    return found in (signed, signed & ~WRITE_BITS)
+
+
 def compare_tree(statement: BundleStatement, entries: dict[str, Entry]) -> tuple[list[Finding], list[Member]]:
     """Findings from types, sizes and modes alone, and the members whose bytes need hashing."""
     findings: list[Finding] = []
@@ -139,7 +150,7 @@ def compare_tree(statement: BundleStatement, entries: dict[str, Entry]) -> tuple
         if entry.kind != "file":
             findings.append(Finding("type", member.name, f"a {entry.kind} where a regular file was signed"))
             continue
-        if entry.mode != member.mode:
+        if not mode_acceptable(entry.mode, member.mode):
             findings.append(Finding("mode", member.name, f"mode {entry.mode:04o}, signed {member.mode:04o}"))
         if entry.size != member.size:
             findings.append(
