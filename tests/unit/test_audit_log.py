@@ -25,6 +25,7 @@ from enclave.runtime.audit import (
 from enclave.runtime.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from enclave.runtime.audit.records import CHECKPOINT_PAYLOAD_TYPE, TreeHead, encode, now_text
 from enclave.runtime.audit.verify import check_log, checkpoints_path
+from enclave.runtime.audit.writer import LINGER_SECONDS
 from enclave.trust.dsse import Envelope
 from enclave.trust.keys import SigningKey
 from tests.unit.test_gateway_support import Trust, make_trust, run
@@ -149,14 +150,98 @@ def test_a_steady_stream_of_records_does_not_starve_checkpoints(tmp_path: Path, 
             path, trust.audit, checkpoint_every=20, checkpoint_seconds=3600, sink=SlowSink(path)
         )
         await log.start(START)
+        waiting = []
         for i in range(400):  # faster than the syncs: records are always queued when one ends
-            log.append_nowait({"event": "x", "n": i})
+            waiting.append(asyncio.create_task(log.append({"event": "x", "n": i})))
             await asyncio.sleep(0.0005)
+        await asyncio.gather(*waiting)
         await log.close()
 
     run(scenario())
     report = verify_log(path, trust.root)
     assert report.verified_checkpoints >= 10, report.verified_checkpoints
+
+
+class CountingSink(FileSink):
+    """A real file sink that remembers how many records each sync made durable."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.unsynced = 0
+        self.synced: list[int] = []
+
+    def write_records(self, data: bytes) -> None:
+        self.unsynced += data.count(b"\n")
+        super().write_records(data)
+
+    def sync_records(self) -> None:
+        super().sync_records()
+        self.synced.append(self.unsynced)
+        self.unsynced = 0
+
+
+def test_unwaited_records_ride_along_with_the_next_waited_commit(tmp_path: Path, trust: Trust) -> None:
+    """An outcome record must not start a sync of its own that the next decision then waits
+    behind: it goes out with that decision, in one write and one sync, in arrival order."""
+    path = tmp_path / "audit.log"
+
+    async def scenario() -> CountingSink:
+        sink = CountingSink(path)
+        log = AuditLog.open(path, trust.audit, checkpoint_seconds=3600, sink=sink)
+        await log.start(START)
+        sink.synced.clear()
+        log.append_nowait({"event": "outcome", "n": 1})
+        await asyncio.sleep(0.005)  # well under the linger: nothing synced yet
+        assert sink.synced == []
+        seq = await log.append({"event": "decision", "n": 2})
+        assert sink.synced == [2]  # both records, one sync
+        assert [json.loads(e)["event"] for e in lines(path)[-2:]] == ["outcome", "decision"]
+        assert json.loads(lines(path)[-1])["seq"] == seq
+        await log.close()
+        return sink
+
+    run(scenario())
+    assert verify_log(path, trust.root).ok
+
+
+def test_an_unwaited_record_alone_is_synced_after_the_linger(tmp_path: Path, trust: Trust) -> None:
+    path = tmp_path / "audit.log"
+
+    async def scenario() -> None:
+        sink = CountingSink(path)
+        log = AuditLog.open(path, trust.audit, checkpoint_seconds=3600, sink=sink)
+        await log.start(START)
+        sink.synced.clear()
+        log.append_nowait({"event": "outcome"})
+        deadline = time.monotonic() + 10 * LINGER_SECONDS + 1
+        while not sink.synced and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert sink.synced == [1]  # durable without any later traffic
+        assert json.loads(lines(path)[-1])["event"] == "outcome"
+        await log.close()
+
+    run(scenario())
+
+
+def test_checkpoint_covers_records_still_lingering(tmp_path: Path, trust: Trust) -> None:
+    path = tmp_path / "audit.log"
+
+    async def scenario() -> int:
+        log = AuditLog.open(path, trust.audit, checkpoint_seconds=3600)
+        await log.start(START)
+        log.append_nowait({"event": "outcome", "n": 1})
+        log.append_nowait({"event": "outcome", "n": 2})
+        await log.checkpoint()
+        size = log.size  # the checkpoint just written must name both outcome records
+        await log.close()
+        return size
+
+    size = run(scenario())
+    sizes = [
+        TreeHead.from_payload(Envelope.from_json(c).payload).tree_size for c in lines(checkpoints_path(path))
+    ]
+    assert size in sizes
+    assert [json.loads(e)["event"] for e in lines(path)[size - 2 : size]] == ["outcome", "outcome"]
 
 
 class FailingSink:

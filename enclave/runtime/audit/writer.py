@@ -131,6 +131,12 @@ class FileSink:
 
 CommitHook = Callable[[int, float], None]  # (records in batch, seconds from write to durable)
 
+# How long a record nobody waits for (an outcome record) may sit in the queue for a commit
+# that somebody waits for to carry it. Such records never start a sync of their own at once:
+# a sync started for them alone would hold the writer for a full fdatasync just when the next
+# request's decision record arrives, which then waits for two syncs instead of one.
+LINGER_SECONDS = 0.05
+
 
 class AuditLog:
     """One writer per log file. Create with `AuditLog.open`, then `await start()` in the loop.
@@ -160,6 +166,9 @@ class AuditLog:
         self._every = checkpoint_every
         self._interval = checkpoint_seconds
         self._pending: list[tuple[dict[str, Any], asyncio.Future[int] | None]] = []
+        self._pending_waited = 0  # entries of _pending with a caller waiting on them
+        self._linger: asyncio.TimerHandle | None = None  # flushes records nobody waits for
+        self._linger_due = False
         self._barriers: list[asyncio.Future[int]] = []  # callers of checkpoint()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
@@ -244,6 +253,8 @@ class AuditLog:
                     await self.checkpoint()
         finally:
             self._closing = True
+            if self._linger is not None:
+                self._linger.cancel()
             if self._ticker is not None:
                 self._ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -262,11 +273,15 @@ class AuditLog:
         assert self._loop is not None
         future: asyncio.Future[int] = self._loop.create_future()
         self._pending.append((fields, future))
+        self._pending_waited += 1
         self._kick()
         return await future
 
     def append_nowait(self, fields: dict[str, Any]) -> None:
-        """Queue a record for the next group commit without waiting for it (outcome records)."""
+        """Queue a record for the next group commit without waiting for it (outcome records).
+
+        It rides along with the next commit somebody waits for, or is committed on its own
+        after LINGER_SECONDS at the latest."""
         self._check_open()
         self._pending.append((fields, None))
         self._kick()
@@ -275,6 +290,17 @@ class AuditLog:
         """Sign and write a tree head over every record written so far (if any are new)."""
         self._check_open()
         assert self._loop is not None
+        if self._pending:
+            # Records still queued (say lingering outcome records) must be in the head too:
+            # wait for the last of them, and so for all, to be durable first.
+            fields, last = self._pending[-1]
+            if last is None:
+                last = self._loop.create_future()
+                self._pending[-1] = (fields, last)
+                self._pending_waited += 1
+                self._kick()
+            with contextlib.suppress(TypeError, ValueError):  # that record's own bug, not ours
+                await last
         future: asyncio.Future[int] = self._loop.create_future()
         self._barriers.append(future)
         self._kick()
@@ -295,7 +321,7 @@ class AuditLog:
             return
         if self._failure is not None:
             _fail_all(self._pending, self._failure)
-            self._pending = []
+            self._pending, self._pending_waited = [], 0
             self._release_barriers()
             return
         # Not busy means every record encoded so far is durable: a head now covers only those.
@@ -307,12 +333,25 @@ class AuditLog:
         if due and not self._pending:
             self._checkpoint_requested = False
             self._release_barriers()  # nothing new to sign
-        if self._pending:
-            batch, self._pending = self._pending, []
+        if not self._pending:
+            return
+        if self._pending_waited or self._barriers or self._linger_due:
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+            self._linger_due = False
+            batch, self._pending, self._pending_waited = self._pending, [], 0
             entries, waiting = self._encode(batch)
             if entries:
                 data = b"\n".join(entries) + b"\n"
                 self._submit(self._records_job(data, len(entries), waiting, time.perf_counter()), waiting)
+        elif self._linger is None:
+            self._linger = self._loop.call_later(LINGER_SECONDS, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        self._linger = None
+        self._linger_due = True
+        self._kick()
 
     def _submit(
         self, job: Callable[[], Callable[[], None]], waiting: Sequence[tuple[asyncio.Future[int], int]] = ()

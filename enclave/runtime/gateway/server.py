@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from dataclasses import dataclass
@@ -205,6 +206,11 @@ async def _serve(prepared: Prepared) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     running = await start_gateway(prepared)
+    # Everything allocated so far (modules, policy, keys, app) lives as long as the process.
+    # Frozen, the collector stops re-scanning those ~50,000 objects in every full collection:
+    # unfrozen, each one stalled the event loop for ~15 ms, a tail on every request in flight.
+    gc.collect()
+    gc.freeze()
     print(f"enclave gateway listening on {running.url}", file=sys.stderr, flush=True)
     try:
         await stop.wait()
