@@ -129,7 +129,9 @@ def provision(opts: Options, say: Say | None = None) -> Outcome:
         project = playbooks_dir(statement, verified.extracted_to)
         catalogue = cklb.load_catalogue(project)
         payload = None if opts.check else plan_payload(statement, verified.extracted_to)
-        deploy = deploy_secrets(statement, verified.root, opts, work) if payload else {}
+        deploy = (
+            deploy_secrets(statement, verified.root, opts, work, verified.extracted_to) if payload else {}
+        )
         outcomes = {h.name: HostOutcome(h) for h in hosts}
         view = ProgressView([h.name for h in hosts], opts.stream) if opts.show_progress else None
         _preflight_and_push(outcomes, store, payload, opts, view)
@@ -325,11 +327,28 @@ def served_model_file(statement: BundleStatement) -> str | None:
     return None
 
 
+def check_policy(statement: BundleStatement, root: TrustRoot, extracted: Path) -> None:
+    """The gateway's start-up checks of its policy, on the controller: an invalid policy (exit
+    2) or one that holds requests for more approvers than the root names (exit 8) stops the run
+    here, not as a gateway that never becomes healthy on every host."""
+    from enclave.runtime.gateway.policy import parse_policy
+    from enclave.runtime.gateway.server import check_approvable
+
+    policies = [c for c in statement.components if c.kind == "policy" and c.members]
+    if not policies:
+        raise UsageError(f"{statement.name} {statement.version} carries the gateway but no policy component")
+    member = policies[0].members[0]
+    policy = parse_policy((extracted / member).read_bytes(), member)
+    check_approvable(policy, root.role_keys("approver"), root.roles["approver"].threshold, Path("root.json"))
+
+
 def gateway_component(opts: Options) -> str:
     return str(opts.extravars.get("enclave_deploy_gateway_component", "gateway"))
 
 
-def deploy_secrets(statement: BundleStatement, root: TrustRoot, opts: Options, work: Path) -> dict[str, Any]:
+def deploy_secrets(
+    statement: BundleStatement, root: TrustRoot, opts: Options, work: Path, extracted: Path
+) -> dict[str, Any]:
     """Extra vars that hand the gateway its key and trust root, checked before any host is
     contacted: a bundle that carries the gateway image cannot be deployed without a key of the
     root's audit role (the gateway would refuse to start: fail closed, but late)."""
@@ -341,6 +360,7 @@ def deploy_secrets(statement: BundleStatement, root: TrustRoot, opts: Options, w
             f"{statement.name} {statement.version} carries the safety gateway (image component "
             f"{gateway}): give --audit-key, a key of the trust root's audit role, to deploy it"
         )
+    check_policy(statement, root, extracted)
     key = SigningKey.load(opts.deploy_key, opts.deploy_passphrase or b"")
     if key.keyid not in root.roles["audit"].keyids:
         raise UsageError(f"{opts.deploy_key}: not a key of the audit role of trust root v{root.version}")

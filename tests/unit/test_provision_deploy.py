@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member
-from enclave.errors import UsageError
+from enclave.errors import PolicyError, UsageError
 from enclave.provision import Options
 from enclave.provision.provision import deploy_secrets, deploy_vars, served_model_file
 from enclave.provision.push import Payload
@@ -17,6 +17,7 @@ from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot, sign_document
 from tests.conftest import Keys
 
+REPO = Path(__file__).resolve().parents[2]
 GATEWAY_ID = "sha256:" + "a" * 64
 SERVER_ID = "sha256:" + "b" * 64
 
@@ -51,14 +52,15 @@ def options(key: Path | None) -> Options:
     return Options(inventory=Path("inv"), bundle=Path("b"), trust=None, now=datetime.now(UTC), deploy_key=key)
 
 
-def root_with_audit(keys: Keys, audit: SigningKey) -> TrustRoot:
+def root_with_audit(keys: Keys, audit: SigningKey, approvers: int = 3) -> TrustRoot:
     signed = TrustRoot.create(
         {
             "root": [keys.root.public],
             "bundle": [keys.ecdsa.public, keys.mldsa.public],
             "audit": [audit.public],
+            "approver": [SigningKey.generate("ecdsa-p384").public for _ in range(approvers)],
         },
-        {},
+        {"approver": 2},
         datetime.now(UTC) + timedelta(days=1),
     )
     return TrustRoot.from_json(sign_document(signed, [keys.root]), "root.json")
@@ -85,18 +87,44 @@ def test_nothing_to_deploy_in_check_mode_or_without_a_model() -> None:
     assert served_model_file(statement(only)) == "content/w/weights.safetensors"
 
 
-def test_a_bundle_without_the_gateway_needs_no_key(keys: Keys, tmp_path: Path) -> None:
+@pytest.fixture
+def extracted(tmp_path: Path) -> Path:
+    """A verified bundle's tree holding the default policy (it holds requests for 2 approvers)."""
+    policy = tmp_path / "bundle" / POLICY.members[0]
+    policy.parent.mkdir(parents=True)
+    policy.write_bytes((REPO / "bundles" / "policy" / "default.yaml").read_bytes())
+    return tmp_path / "bundle"
+
+
+def test_a_bundle_without_the_gateway_needs_no_key(keys: Keys, tmp_path: Path, extracted: Path) -> None:
     root = root_with_audit(keys, keys.ecdsa2)
-    assert deploy_secrets(statement(WEIGHTS, SERVER, POLICY), root, options(None), tmp_path) == {}
+    assert deploy_secrets(statement(WEIGHTS, SERVER, POLICY), root, options(None), tmp_path, extracted) == {}
 
 
-def test_the_gateway_needs_a_key_of_the_audit_role(keys: Keys, tmp_path: Path) -> None:
+def test_the_gateway_needs_a_key_of_the_audit_role(keys: Keys, tmp_path: Path, extracted: Path) -> None:
     s = statement(WEIGHTS, SERVER, GATEWAY, POLICY)
     root = root_with_audit(keys, keys.ecdsa2)
     with pytest.raises(UsageError, match=r"carries the safety gateway \(image component gateway\)"):
-        deploy_secrets(s, root, options(None), tmp_path)
+        deploy_secrets(s, root, options(None), tmp_path, extracted)
     with pytest.raises(UsageError, match=r"stranger: not a key of the audit role"):
-        deploy_secrets(s, root, options(keys.path("stranger")), tmp_path)
-    out = deploy_secrets(s, root, options(keys.path("ecdsa2")), tmp_path)
+        deploy_secrets(s, root, options(keys.path("stranger")), tmp_path, extracted)
+    out = deploy_secrets(s, root, options(keys.path("ecdsa2")), tmp_path, extracted)
     assert out["enclave_deploy_audit_key_src"] == str(keys.path("ecdsa2").resolve())
     assert TrustRoot.load(Path(out["enclave_deploy_trust_root_src"])).digest == root.digest
+
+
+def test_a_policy_the_gateway_would_refuse_stops_the_run_on_the_controller(
+    keys: Keys, tmp_path: Path, extracted: Path
+) -> None:
+    s = statement(WEIGHTS, SERVER, GATEWAY, POLICY)
+    short = root_with_audit(keys, keys.ecdsa2, approvers=2)  # the requester cannot approve: 1 < 2
+    with pytest.raises(
+        PolicyError, match=r"^content/policy/default.yaml: hold rules need 2 approvers"
+    ) as info:
+        deploy_secrets(s, short, options(keys.path("ecdsa2")), tmp_path, extracted)
+    assert info.value.exit_code == 8
+    (extracted / POLICY.members[0]).write_text("rules: []\n")
+    with pytest.raises(UsageError, match=r"^content/policy/default.yaml:1: rules: unknown key"):
+        deploy_secrets(
+            s, root_with_audit(keys, keys.ecdsa2), options(keys.path("ecdsa2")), tmp_path, extracted
+        )

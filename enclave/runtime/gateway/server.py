@@ -89,7 +89,7 @@ def prepare(
             )
         approvers = root.role_keys("approver")
         threshold = root.roles["approver"].threshold
-    _check_approvable(loaded, approvers, threshold, trust)
+    check_approvable(loaded, approvers, threshold, trust)
     log = AuditLog.open(
         audit_log,
         signer,
@@ -122,9 +122,12 @@ def prepare(
     return Prepared(config, start_fields, host, port)
 
 
-def _check_approvable(
+def check_approvable(
     policy: Policy, approvers: dict[str, PublicKey], threshold: int, trust: Path | None
 ) -> None:
+    """PolicyError unless every hold rule can gather its approvals from the root's approver
+    role (the requester, an approver too, never counts). Also run by `enclave provision` on
+    the controller before a gateway is deployed."""
     holds = [r for r in policy.rules if r.action == "hold"]
     if not holds:
         return
