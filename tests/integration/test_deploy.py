@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import paramiko
 import pytest
 
 from enclave.bundle.build import build_bundle
@@ -37,6 +36,7 @@ from enclave.testbed import TestbedState, down, up
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot, sign_document
 from tests.conftest import Keys
+from tests.integration import remote
 
 pytestmark = pytest.mark.integration
 
@@ -134,24 +134,8 @@ def env(docker_engine: None, keys: Keys, tmp_path_factory: pytest.TempPathFactor
 
 
 def on_host(state: TestbedState, command: str) -> tuple[int, str]:
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(state.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        "127.0.0.11",
-        username="enclave",
-        key_filename=str(state.private_key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
-    )
-    try:
-        _, out, err = client.exec_command(command, timeout=120)
-        text = out.read().decode()
-        error = err.read().decode()
-        return out.channel.recv_exit_status(), text or error
-    finally:
-        client.close()
+    code, out, err = remote.run(state, "127.0.0.11", command)
+    return code, out or err
 
 
 def chat(text: str) -> tuple[int, dict[str, Any]]:

@@ -35,6 +35,7 @@ from enclave.provision.ssh import HostKeyStore, Session
 from enclave.testbed import TestbedState, down, up
 from enclave.trust.root import TrustRoot
 from tests.conftest import Keys, make_root
+from tests.integration import remote
 
 pytestmark = pytest.mark.integration
 
@@ -112,23 +113,8 @@ def env(docker_engine: None, keys: Keys, tmp_path_factory: pytest.TempPathFactor
 
 
 def ssh(state: TestbedState, address: str, command: str) -> tuple[int, str]:
-    client = paramiko.SSHClient()
-    client.load_host_keys(str(state.known_hosts))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(
-        address,
-        username="enclave",
-        key_filename=str(state.private_key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=10,
-    )
-    try:
-        _, out, err = client.exec_command(command, timeout=120)
-        text = out.read().decode() + err.read().decode()
-        return out.channel.recv_exit_status(), text
-    finally:
-        client.close()
+    code, out, err = remote.run(state, address, command)
+    return code, out + err
 
 
 def checklist_rules(path: Path) -> dict[str, str]:
