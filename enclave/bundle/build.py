@@ -1,8 +1,11 @@
 """Build a bundle from a manifest, and co-sign an existing one (FORMAT.md).
 
 Each input is read twice at most: once to hash (chunks in parallel on every core), once to
-copy into the archive (kernel copy). A file that changes between the two reads fails the
-build rather than producing a bundle whose statement does not match its content.
+copy into the archive (output.Sink: O_DIRECT from an aligned buffer). For a single-file,
+non-differential bundle the two reads run at the same time (`_write_overlapped`): the copy
+goes to the offset the head will end at, and the head is written last. A file that changes
+during the build fails it rather than producing a bundle whose statement does not match
+its content.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,6 +181,9 @@ def build_bundle(
     Besides the content the bundle carries its provenance documents (FORMAT.md, "Provenance
     documents"): the CycloneDX SBOM, the SLSA provenance (signed by the ECDSA keys among
     `keys`), and for each model component an OpenSSF model signature by the first of them.
+
+    A single-file, non-differential bundle is written while it is hashed (`_write_overlapped`);
+    volumes and differential bundles hash first, then copy.
     """
     if not keys:
         raise UsageError("at least one --key is needed to sign the bundle")
@@ -187,10 +194,72 @@ def build_bundle(
     total = sum(f.stat.st_size for f in files)
     model_files = {f.name for entry, group in groups if entry.kind == "model" for f in group}
     wants = [_plain_wanted(f, algorithm, manifest.chunk_size, f.name in model_files) for f in files]
-    progress = Progress("hash", total) if show_progress else None
-    hashed = _hash_inputs(files, wants, algorithm, manifest.chunk_size, workers, progress)
-    if progress is not None:
-        progress.finish()
+    facts = _model_facts(groups)
+    base_ref = read_base(base, manifest.name, algorithm, manifest.chunk_size) if base is not None else None
+
+    def assemble(hashed: Sequence[_Hashed]) -> _Head:
+        return _assemble(manifest, algorithm, digest, created, groups, files, hashed, keys, facts, base_ref)
+
+    def hash_all() -> list[_Hashed]:
+        progress = Progress("hash", total) if show_progress else None
+        hashed = _hash_inputs(files, wants, algorithm, manifest.chunk_size, workers, progress)
+        if progress is not None:
+            progress.finish()
+        return hashed
+
+    target = out_dir / manifest.bundle_name
+    head: _Head | None = None
+    if volume_size is None and base is None:
+        head, written = _write_overlapped(
+            target, files, wants, algorithm, manifest.chunk_size, assemble, hash_all
+        )
+    else:
+        head, written = assemble(hash_all()), False
+    if not written:  # volumes, a differential bundle, or the overlapped layout guessed wrong
+        with open_output(target, volume_size) as sink:
+            sink.write(head.data)
+            copy_progress = Progress("write", total) if show_progress else None
+            _write_content(
+                sink, files, head.content, manifest.chunk_size, head.mtime, head.span, copy_progress
+            )
+            if copy_progress is not None:
+                copy_progress.finish()
+    if volume_size is None:
+        return target
+    return write_index(target, sink.finals, head.statement, head.envelope.payload, keys, volume_size)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """Everything before the content members, and the statement it signs."""
+
+    envelope: Envelope
+    statement: BundleStatement
+    content: list[Member]  # the content members, in archive order
+    data: bytes  # the head's archive bytes: envelope, SBOM, provenance, model signatures
+
+    @property
+    def mtime(self) -> int:
+        return self.statement.mtime
+
+    @property
+    def span(self) -> int:
+        return len(self.data)
+
+
+def _assemble(
+    manifest: Manifest,
+    algorithm: str,
+    digest: str | None,
+    created: str,
+    groups: Sequence[tuple[ComponentEntry, Sequence[SourceFile]]],
+    files: Sequence[SourceFile],
+    hashed: Sequence[_Hashed],
+    keys: Sequence[SigningKey],
+    facts: dict[str, dict[str, str]],
+    base_ref: tuple[BundleStatement, dict[str, object]] | None,
+) -> _Head:
+    """The statement, provenance documents and signed envelope for these digests."""
     content = [
         Member(
             f.name,
@@ -207,14 +276,7 @@ def build_bundle(
         components, content, dict(zip((f.name for f in files), hashed, strict=True)), keys
     )
     sbom = build_sbom(
-        manifest.name,
-        manifest.version,
-        created,
-        algorithm,
-        components,
-        content,
-        __version__,
-        _model_facts(groups),
+        manifest.name, manifest.version, created, algorithm, components, content, __version__, facts
     )
     described = [
         Member.of_bytes(name, data, algorithm, manifest.chunk_size)
@@ -237,9 +299,8 @@ def build_bundle(
     )
     head = [(SBOM_NAME, sbom), (PROVENANCE_NAME, provenance), *signatures]
     extra: dict[str, object] = {}
-    if base is not None:
-        base_statement, base_ref = read_base(base, manifest.name, algorithm, manifest.chunk_size)
-        extra["base"] = base_ref
+    if base_ref is not None:
+        base_statement, extra["base"] = base_ref
         content = left_out(content, base_statement, manifest.chunk_size)
     statement = BundleStatement(
         manifest.name,
@@ -259,37 +320,148 @@ def build_bundle(
     envelope = Envelope(IN_TOTO_PAYLOAD_TYPE, statement.to_payload())
     for key in keys:
         envelope.sign(key)
-    target = out_dir / manifest.bundle_name
-    mtime = statement.mtime
-    with open_output(target, volume_size) as sink:
-        offset = _write_member(sink, ENVELOPE_NAME, envelope.to_json(), mtime)
-        for name, data in head:
-            offset += _write_member(sink, name, data, mtime)
-        copy_progress = Progress("write", total) if show_progress else None
-        for source, member in zip(files, content, strict=True):
-            size = member.archive_size(manifest.chunk_size)
-            if not member.in_archive:
-                continue
-            header = member_header(member.name, size, member.mode, mtime)
-            sink.write(header)
-            src = os.open(source.path, os.O_RDONLY)
+    data = b"".join(
+        _member_bytes(name, member_data, statement.mtime)
+        for name, member_data in [(ENVELOPE_NAME, envelope.to_json()), *head]
+    )
+    return _Head(envelope, statement, content, data)
+
+
+class _LayoutMoved(Exception):
+    """The head came out a different number of blocks than predicted (see _write_overlapped)."""
+
+    def __init__(self, head: _Head) -> None:
+        super().__init__("head size mispredicted")
+        self.head = head
+
+
+def _write_overlapped(
+    target: Path,
+    files: Sequence[SourceFile],
+    wants: Sequence[frozenset[str]],
+    algorithm: str,
+    chunk_size: int,
+    assemble: Callable[[Sequence[_Hashed]], _Head],
+    hash_all: Callable[[], list[_Hashed]],
+) -> tuple[_Head, bool]:
+    """Copy the content into the bundle while it is hashed; write the head last. Returns the
+    head and whether the bundle was written (False: the head's size was mispredicted, nothing
+    is left behind, and the caller writes the bundle the sequential way).
+
+    The envelope comes first in the archive but signs every digest, so the content's offset
+    is the head's size. Every field of the head has a fixed length given the files' sizes
+    (hex digests, counts, names, times), except ECDSA signatures (DER, a few bytes either way);
+    the head is padded to 512-byte blocks, so assembling it with placeholder digests predicts
+    its size exactly unless a signature length crosses a block boundary. The content (its
+    headers depend on name, size, mode and time only) is copied at that offset by a thread
+    while the main thread hashes; each input is read twice at most, both passes at once.
+    The head is written at offset 0 only if its real size matches; otherwise the partial
+    file is discarded and the bundle is written again the sequential way.
+    """
+    placeholders = [_placeholder(f, w, algorithm, chunk_size) for f, w in zip(files, wants, strict=True)]
+    predicted = assemble(placeholders)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+    try:
+        with open_output(target) as sink:
+            sink.skip(predicted.span)
+
+            def copy() -> None:
+                try:
+                    _write_content(
+                        sink,
+                        files,
+                        predicted.content,
+                        chunk_size,
+                        predicted.mtime,
+                        predicted.span,
+                        None,
+                        stop,
+                    )
+                except BaseException as exc:  # handed to the main thread
+                    failure.append(exc)
+
+            copier = threading.Thread(target=copy, name="bundle-copy")
+            copier.start()
             try:
-                for start, length in _runs(member, manifest.chunk_size):
-                    sink.copy_from(src, start, length)
-                if not _same_file(source.stat, os.fstat(src)):
+                hashed = hash_all()
+            except BaseException:
+                stop.set()
+                _join(copier, stop)
+                raise
+            _join(copier, stop)
+            if failure:
+                raise failure[0]
+            for source in files:  # the hash read and the copy read saw the same file
+                if not _same_file(source.stat, source.path.stat()):
                     raise UsageError(f"{source.path}: changed while the bundle was being built")
-            finally:
-                os.close(src)
-            sink.write(b"\x00" * padding(size))
-            offset += len(header) + size + padding(size)
-            if copy_progress is not None:
-                copy_progress(size)
-        if copy_progress is not None:
-            copy_progress.finish()
-        sink.write(b"\x00" * trailer_size(offset))
-    if volume_size is None:
-        return target
-    return write_index(target, sink.finals, statement, envelope.payload, keys, volume_size)
+            head = assemble(hashed)
+            if head.span != predicted.span:
+                raise _LayoutMoved(head)
+            sink.write_at(0, head.data)
+    except _LayoutMoved as moved:
+        return moved.head, False
+    return head, True
+
+
+def _join(thread: threading.Thread, stop: threading.Event) -> None:
+    """Wait for `thread` even through Ctrl-C: the sink's file must not close under it."""
+    interrupted: BaseException | None = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except BaseException as exc:  # KeyboardInterrupt while waiting: stop it, then re-raise
+            stop.set()
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def _placeholder(source: SourceFile, wanted: frozenset[str], algorithm: str, chunk_size: int) -> _Hashed:
+    """Zero digests of the right lengths and counts: the statement's shape, not its values."""
+    zero = bytes(new_hash(algorithm).digest_size)
+    chunks = tuple(zero for _ in range(chunk_count(source.stat.st_size, chunk_size)))
+    plain = {name: bytes(new_hash(name).digest_size) for name in wanted}
+    return _Hashed(FileDigest(source.stat.st_size, zero, chunks), plain)
+
+
+COPY_RUN = 64 * 1024 * 1024  # the copier checks for a stop between runs of this size
+
+
+def _write_content(
+    sink: Sink,
+    files: Sequence[SourceFile],
+    content: Sequence[Member],
+    chunk_size: int,
+    mtime: int,
+    offset: int,
+    progress: Progress | None,
+    stop: threading.Event | None = None,
+) -> None:
+    """The content members (header, carried chunks, padding) and the end-of-archive zeros;
+    `offset` is where the first content member starts."""
+    for source, member in zip(files, content, strict=True):
+        size = member.archive_size(chunk_size)
+        if not member.in_archive:
+            continue
+        header = member_header(member.name, size, member.mode, mtime)
+        sink.write(header)
+        src = os.open(source.path, os.O_RDONLY)
+        try:
+            for start, length in _runs(member, chunk_size):
+                for at in range(start, start + max(length, 1), COPY_RUN):
+                    if stop is not None and stop.is_set():
+                        raise UsageError("build stopped")
+                    sink.copy_from(src, at, min(COPY_RUN, start + length - at))
+            if not _same_file(source.stat, os.fstat(src)):
+                raise UsageError(f"{source.path}: changed while the bundle was being built")
+        finally:
+            os.close(src)
+        sink.write(b"\x00" * padding(size))
+        offset += len(header) + size + padding(size)
+        if progress is not None:
+            progress(size)
+    sink.write(b"\x00" * trailer_size(offset))
 
 
 @dataclass(frozen=True)
@@ -422,10 +594,14 @@ def _model_facts(groups: Sequence[tuple[ComponentEntry, Sequence[SourceFile]]]) 
     return facts
 
 
+def _member_bytes(name: str, data: bytes, mtime: int) -> bytes:
+    return member_header(name, len(data), 0o644, mtime) + data + b"\x00" * padding(len(data))
+
+
 def _write_member(sink: Sink, name: str, data: bytes, mtime: int) -> int:
-    header = member_header(name, len(data), 0o644, mtime)
-    sink.write(header + data + b"\x00" * padding(len(data)))
-    return len(header) + len(data) + padding(len(data))
+    member = _member_bytes(name, data, mtime)
+    sink.write(member)
+    return len(member)
 
 
 def sign_bundle(

@@ -12,9 +12,13 @@ needs only its changed chunks (issue: differential bundles).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 import secrets
+import shutil
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from functools import cmp_to_key
 from pathlib import Path
 
 from enclave.bundle.digest import default_workers, file_reader, hash_range
+from enclave.bundle.output import direct_suits, open_direct, pwrite_all
 from enclave.bundle.statement import HEX_LENGTH, BundleStatement
 from enclave.errors import IntegrityError, UsageError
 from enclave.trust.dsse import Envelope
@@ -88,26 +93,9 @@ class ContentStore:
         os.close(fd)
         os.replace(temporary, target)
 
-    def keep_tree(self, tree: Path, statement: BundleStatement) -> int:
-        """Keep every chunk of a verified, not yet published tree; returns bytes added."""
-        added = 0
-        buffer = bytearray(statement.chunk_size)
-        for member in statement.members:
-            fd = os.open(tree / member.name, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                for index, digest in enumerate(member.chunk_digests()):
-                    if self.has(statement.digest, digest):
-                        continue
-                    view = memoryview(buffer)[: member.chunk_length(index, statement.chunk_size)]
-                    if os.preadv(fd, [view], index * statement.chunk_size) != len(view):
-                        raise IntegrityError(f"{tree / member.name}: changed before it was published")
-                    self.put_verified(statement.digest, digest, view)
-                    added += len(view)
-            finally:
-                os.close(fd)
-        if self.objects.is_dir():
-            fsync_dir(self.objects)
-        return added
+    def staging(self, algorithm: str) -> StoreStaging:
+        """A place to write chunks as they are verified, kept only by `commit` (see StoreStaging)."""
+        return StoreStaging(self, algorithm)
 
     def read_verified(self, algorithm: str, digest: str, view: memoryview) -> None:
         """Fill `view` with the stored chunk, re-checking its digest: a damaged or missing
@@ -200,3 +188,68 @@ def _stored(envelope_raw: bytes, source: str = "envelope") -> StoredBundle:
     statement = BundleStatement.from_payload(envelope.payload)
     digest = hashlib.sha256(envelope.payload).hexdigest()
     return StoredBundle(statement.name, statement.version, statement, digest)
+
+
+class StoreStaging:
+    """Chunks written into the store while a bundle is verified, objects only after `commit`.
+
+    `verify --extract-to` writes each verified chunk here from the buffer it was hashed in,
+    alongside its extracted copy, instead of re-reading the extracted tree afterwards: every
+    byte is read once. Nothing here is an object (iter_objects, has and read_verified never see
+    it) until `commit`, which runs only after every check passed, so a failed run still adds
+    nothing; `discard` removes the directory, and a killed verifier's directory (its PID gone)
+    is removed by the next staging. Files are fsynced before commit renames them, as in
+    put_verified.
+    """
+
+    def __init__(self, store: ContentStore, algorithm: str) -> None:
+        self.store = store
+        self.algorithm = algorithm
+        for stale in store.path.glob(".staging-*"):
+            pid = stale.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(stale, ignore_errors=True)
+        self.path = store.path / f".staging-{os.getpid()}-{secrets.token_hex(4)}"
+        self._new_store = not store.path.exists()  # discard() removes it again: a failed run adds nothing
+        store.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700)
+        self.direct = direct_suits(self.path)
+        self._lock = threading.Lock()
+        self._staged: set[str] = set()
+
+    def put(self, digest: str, buffer: mmap.mmap, length: int) -> None:
+        """Stage buffer[:length], a chunk whose digest the caller has just checked (thread-safe).
+        The buffer is page-aligned with room for a direct write rounded up (output.aligned_buffer)."""
+        self.store.object_path(self.algorithm, digest)  # validates the digest's form
+        with self._lock:
+            if digest in self._staged or self.store.has(self.algorithm, digest):
+                return
+            self._staged.add(digest)
+        fd, direct = open_direct(
+            self.path / digest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444, self.direct
+        )
+        try:
+            if pwrite_all(fd, buffer, length, 0, direct) != length:
+                os.ftruncate(fd, length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self) -> int:
+        """Make every staged chunk an object; returns the number added."""
+        directories: set[Path] = set()
+        for digest in sorted(self._staged):
+            target = self.store.object_path(self.algorithm, digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.path / digest, target)
+            directories |= {target.parent, target.parent.parent, self.store.objects}
+        for directory in sorted(directories, reverse=True):  # the renames, then new directories
+            fsync_dir(directory)
+        self.discard()
+        return len(self._staged)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._new_store:
+            with contextlib.suppress(OSError):  # not empty: objects were committed
+                self.store.path.rmdir()

@@ -15,6 +15,7 @@ Order of checks (FORMAT.md, "Verification"):
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import shutil
 import tarfile
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enclave.bundle.digest import default_workers, hash_range, new_hash
+from enclave.bundle.output import aligned_buffer, aligned_length, direct_suits, open_direct, pwrite_all
 from enclave.bundle.source import ArchiveSource
 from enclave.bundle.statement import BundleStatement, Member, base_of
-from enclave.bundle.store import ContentStore
+from enclave.bundle.store import ContentStore, StoreStaging
 from enclave.bundle.tarformat import (
     BLOCK,
     ENVELOPE_NAME,
@@ -170,13 +172,19 @@ class _ContentCheck:
         workers: int,
         progress: Progress | None,
         store: ContentStore | None = None,
+        keep: StoreStaging | None = None,
     ) -> None:
         self.store = store
+        self.keep = keep
         self.source = source
         self.statement = statement
         self.staging = staging
-        self.pool = ThreadPoolExecutor(max_workers=workers)
-        self.window = threading.BoundedSemaphore(workers * 2)
+        self.direct = staging is not None and direct_suits(staging)
+        # Extracting, one thread more than cores: a chunk's direct write waits on the disk, not
+        # a core, and meanwhile the other threads keep every core hashing.
+        threads = workers + 1 if staging is not None else workers
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.window = threading.BoundedSemaphore(threads * 2)
         self.local = threading.local()
         self.lock = threading.Lock()
         self.remaining: dict[str, int] = {}
@@ -214,12 +222,13 @@ class _ContentCheck:
             args = (member, index, offset, length, expected, target)
             self.futures.append(self.pool.submit(self._check, *args))
 
-    def _buffer(self, length: int) -> memoryview:
-        buffer: bytearray | None = getattr(self.local, "buffer", None)
-        if buffer is None or len(buffer) < length:
-            buffer = bytearray(max(length, 1))
+    def _buffer(self, length: int) -> mmap.mmap:
+        """This thread's chunk buffer, page-aligned with room for a direct write of `length`."""
+        buffer: mmap.mmap | None = getattr(self.local, "buffer", None)
+        if buffer is None or len(buffer) < aligned_length(length):
+            buffer = aligned_buffer(length)
             self.local.buffer = buffer
-        return memoryview(buffer)[:length]
+        return buffer
 
     def _check(
         self, member: Member, index: int, offset: int | None, length: int, expected: str, target: Path | None
@@ -233,13 +242,15 @@ class _ContentCheck:
                     raise IntegrityError(
                         f"member {member.name!r}: chunk {index} is in the base; no content store"
                     )
-                view = self._buffer(length)
+                buffer = self._buffer(length)
+                view = memoryview(buffer)[:length]
                 self.store.read_verified(algorithm, expected, view)
                 digest = bytes.fromhex(expected)
             elif target is None:
                 digest = hash_range(self.source.pread_into, offset, length, algorithm)
             else:
-                view = self._buffer(length)
+                buffer = self._buffer(length)
+                view = memoryview(buffer)[:length]
                 if self.source.pread_into(view, offset) != length:
                     raise IntegrityError(
                         f"{self.source.locate(offset)}: truncated inside member {member.name!r}"
@@ -256,7 +267,10 @@ class _ContentCheck:
                 )
                 raise IntegrityError(f"member {member.name!r}: {where}digest mismatch{volume}")
             if target is not None:
-                self._write(target, member, index, view)
+                view.release()
+                self._write(target, member, index, buffer, length)
+                if self.keep is not None and offset is not None:  # a base chunk is kept already
+                    self.keep.put(expected, buffer, length)
             if self.progress is not None:
                 self.progress(length)
         except EnclaveError as exc:
@@ -266,18 +280,25 @@ class _ContentCheck:
         finally:
             self.window.release()
 
-    def _write(self, target: Path, member: Member, index: int, view: memoryview) -> None:
-        """Write one verified chunk; the member's last chunk also sets its mode and syncs it."""
-        fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
+    def _write(self, target: Path, member: Member, index: int, buffer: mmap.mmap, length: int) -> None:
+        """Write one verified chunk from the buffer it was hashed in; the member's last chunk
+        written also cuts the file to its size, sets its mode and syncs it.
+
+        The write is O_DIRECT where the filesystem allows (output.open_direct): the chunk goes
+        from this buffer to the device without a page-cache copy or write-back. A chunk starts
+        at index * chunkSize (aligned); the file's final chunk is written rounded up to the
+        alignment and the excess is truncated once every chunk is in. The fsync stays: it is
+        what makes the file durable (metadata, the device's write cache) before the publish.
+        """
+        fd, direct = open_direct(target, os.O_WRONLY | os.O_NOFOLLOW, direct=self.direct)
         try:
-            position = index * self.statement.chunk_size
-            while view:
-                written = os.pwrite(fd, view, position)
-                view, position = view[written:], position + written
+            pwrite_all(fd, buffer, length, index * self.statement.chunk_size, direct)
             with self.lock:
                 self.remaining[member.name] -= 1
                 last = self.remaining[member.name] == 0
             if last:
+                if direct and member.size != aligned_length(member.size):
+                    os.ftruncate(fd, member.size)
                 os.fchmod(fd, member.mode)
                 os.fsync(fd)
         finally:
@@ -440,15 +461,18 @@ def check_archive(
     workers: int | None = None,
     show_progress: bool = True,
     store: ContentStore | None = None,
+    keep: StoreStaging | None = None,
 ) -> None:
     """Everything but the signatures: headers, order, sizes, chunk digests, the exact end.
 
     With `staging`, verified chunks are written there (and only verified chunks). With `store`,
-    verified chunks are kept there, and a differential bundle's base chunks are read from it.
+    a differential bundle's base chunks are read from it. With `keep` (and `staging`), each
+    verified chunk is also written there, from the same buffer, for the caller to commit to
+    the store once everything passed.
     """
     _check_header(source, envelope.info, 0o644, statement.mtime)  # its header was read before trust
     progress = Progress("verify", statement.total_size) if show_progress else None
-    content = _ContentCheck(source, statement, staging, workers or default_workers(), progress, store)
+    content = _ContentCheck(source, statement, staging, workers or default_workers(), progress, store, keep)
     try:
         try:
             end = _walk_members(source, tar, statement, content)
@@ -557,8 +581,12 @@ def verify_bundle(
             )
         store = _content_store(state, statement, keep and extract_to is not None and record)
         staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
+        kept: StoreStaging | None = None
         try:
-            check_archive(source, tar, member, statement, staging, workers, show_progress, store)
+            # The store keeps a published bundle's chunks: written as they verify, committed below.
+            if store is not None and keep and staging is not None and state is not None and record:
+                kept = store.staging(statement.digest)
+            check_archive(source, tar, member, statement, staging, workers, show_progress, store, kept)
             checks += [
                 f"archive: {len(statement.members)} members, canonical headers, exact end",
                 f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",
@@ -568,9 +596,10 @@ def verify_bundle(
                     anchor, root, statement.name, statement.version, result.statement_digest, format_time(now)
                 )
                 checks.append(f"recorded in {state.rollback_path}")
-                if store is not None and keep and staging is not None:
+                if store is not None and kept is not None:
                     # Only now, after every check: a failed run leaves nothing in the store.
-                    store.keep_tree(staging, statement)
+                    kept.commit()
+                    kept = None
                     store.record(member.raw)
                     checks.append(f"content kept in {store.path}")
             if staging is not None and extract_to is not None:
@@ -579,6 +608,8 @@ def verify_bundle(
                 result.extracted_to = extract_to
                 checks.append(f"published {extract_to}")
         finally:
+            if kept is not None:
+                kept.discard()
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
     return result
