@@ -310,10 +310,14 @@ def deploy_vars(statement: BundleStatement, payload: Payload | None) -> dict[str
     if model is not None:
         out["enclave_deploy_model_file"] = model
         out["enclave_deploy_model_digest"] = f"{statement.digest}:{members[model].digest}"
-    policies = [c for c in statement.components if c.kind == "policy" and c.members]
-    if policies:
-        out["enclave_deploy_policy_file"] = policies[0].members[0]
+    out["enclave_deploy_policy_file"] = policy_file(statement) or ""
     return out
+
+
+def policy_file(statement: BundleStatement) -> str | None:
+    """The usage policy the gateway enforces: the first policy component's first member."""
+    policies = [c for c in statement.components if c.kind == "policy" and c.members]
+    return policies[0].members[0] if policies else None
 
 
 def served_model_file(statement: BundleStatement) -> str | None:
@@ -334,10 +338,9 @@ def check_policy(statement: BundleStatement, root: TrustRoot, extracted: Path) -
     from enclave.runtime.gateway.policy import parse_policy
     from enclave.runtime.gateway.server import check_approvable
 
-    policies = [c for c in statement.components if c.kind == "policy" and c.members]
-    if not policies:
+    member = policy_file(statement)
+    if member is None:
         raise UsageError(f"{statement.name} {statement.version} carries the gateway but no policy component")
-    member = policies[0].members[0]
     policy = parse_policy((extracted / member).read_bytes(), member)
     check_approvable(policy, root.role_keys("approver"), root.roles["approver"].threshold, Path("root.json"))
 
