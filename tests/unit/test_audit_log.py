@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import itertools
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -137,9 +139,9 @@ def test_concurrent_appends_share_one_sync(tmp_path: Path, trust: Trust) -> None
 
 
 class SlowSink(FileSink):
-    def sync_records(self) -> None:
+    def commit_records(self, data: bytes) -> None:
         time.sleep(0.002)
-        super().sync_records()
+        super().commit_records(data)
 
 
 def test_a_steady_stream_of_records_does_not_starve_checkpoints(tmp_path: Path, trust: Trust) -> None:
@@ -167,17 +169,11 @@ class CountingSink(FileSink):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.unsynced = 0
         self.synced: list[int] = []
 
-    def write_records(self, data: bytes) -> None:
-        self.unsynced += data.count(b"\n")
-        super().write_records(data)
-
-    def sync_records(self) -> None:
-        super().sync_records()
-        self.synced.append(self.unsynced)
-        self.unsynced = 0
+    def commit_records(self, data: bytes) -> None:
+        super().commit_records(data)
+        self.synced.append(data.count(b"\n"))
 
 
 def test_unwaited_records_ride_along_with_the_next_waited_commit(tmp_path: Path, trust: Trust) -> None:
@@ -249,10 +245,7 @@ class FailingSink:
         self.calls = 0
         self.fail_after = fail_after
 
-    def write_records(self, data: bytes) -> None:
-        pass
-
-    def sync_records(self) -> None:
+    def commit_records(self, data: bytes) -> None:
         self.calls += 1
         if self.calls > self.fail_after:
             raise OSError(5, "Input/output error")
@@ -288,7 +281,7 @@ class SlowFailingSink(FailingSink):
         super().__init__(fail_after)
         self.release = threading.Event()
 
-    def sync_records(self) -> None:
+    def commit_records(self, data: bytes) -> None:
         self.calls += 1
         if self.calls == self.fail_after + 1:
             self.release.wait(5)
@@ -565,3 +558,34 @@ def test_check_log_reports_without_raising(tmp_path: Path, trust: Trust) -> None
     put(log, lines(log)[:-1])
     analysis = check_log(log, trust.root)
     assert not analysis.report.ok and analysis.report.to_dict()["ok"] is False
+
+
+def test_without_rwf_dsync_each_commit_is_a_write_and_an_fdatasync(
+    tmp_path: Path, trust: Trust, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem that refuses RWF_DSYNC gets write + fdatasync, and the log is the same."""
+    syncs: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def refuse(*_args: object) -> int:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    def counting_fdatasync(fd: int) -> None:
+        syncs.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "pwritev", refuse)
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
+    path = tmp_path / "audit.log"
+
+    async def scenario() -> None:
+        log = AuditLog.open(path, trust.audit, checkpoint_seconds=3600)
+        await log.start(START)
+        for i in range(5):
+            await log.append({"event": "decision", "n": i})
+        await log.close()
+
+    run(scenario())
+    assert len(syncs) >= 7  # start, five decisions, stop (and the closing checkpoint)
+    report = verify_log(path, trust.root)
+    assert report.ok and report.records >= 7  # with the checkpoint record(s) the log writes

@@ -252,7 +252,7 @@ def test_audit_failure_fails_closed_and_upstream_is_never_called(tmp_path: Path,
             def broken(data: bytes) -> None:
                 raise OSError(28, "No space left on device")
 
-            gw.gateway.audit._sink.write_records = broken  # type: ignore[method-assign]
+            gw.gateway.audit._sink.commit_records = broken  # type: ignore[method-assign]
             status, body, _ = await post(session, gw.url + CHAT, chat("What is the capital of France?"))
             assert status == 503 and body["error"]["code"] == "audit_unavailable"
             status, body, _ = await post(session, gw.url + CHAT, chat("Another harmless question"))
