@@ -49,3 +49,14 @@ class PolicyError(EnclaveError):
     """Policy refusal or a missing approval (gateway tooling)."""
 
     exit_code = 8
+
+
+# What parsing a JSON document into a typed object raises when the document is malformed
+# (bad JSON or UTF-8, a missing key, a wrong type or value): callers turn it into their one-line
+# typed error naming the file.
+MALFORMED_DOCUMENT: tuple[type[Exception], ...] = (
+    ValueError,  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    KeyError,
+    TypeError,
+    AttributeError,
+)

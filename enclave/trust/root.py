@@ -19,7 +19,7 @@ from typing import Any
 
 from securesystemslib.formats import encode_canonical
 
-from enclave.errors import TrustError, UsageError
+from enclave.errors import MALFORMED_DOCUMENT, TrustError, UsageError
 from enclave.trust.keys import TUF_KEYTYPE, PublicKey, SigningKey
 
 ROLES = ("root", "bundle", "approver", "audit")
@@ -153,14 +153,7 @@ class TrustRoot:
         try:
             doc = json.loads(data)
             return cls._parse(doc, source)
-        except (
-            json.JSONDecodeError,
-            UnicodeDecodeError,
-            KeyError,
-            TypeError,
-            ValueError,
-            AttributeError,
-        ) as exc:
+        except MALFORMED_DOCUMENT as exc:
             raise TrustError(f"{source}: invalid trust root: {exc}") from None
 
     @classmethod

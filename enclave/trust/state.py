@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enclave.errors import RollbackError, TrustError, UsageError
+from enclave.errors import MALFORMED_DOCUMENT, RollbackError, TrustError, UsageError
 from enclave.trust.root import TrustRoot, canonical
 
 DEFAULT_STATE_DIR = Path("/var/lib/enclave")
@@ -181,14 +181,7 @@ class RollbackState:
     def from_json(cls, data: bytes, source: str) -> RollbackState:
         try:
             return cls._parse(json.loads(data))
-        except (
-            json.JSONDecodeError,
-            UnicodeDecodeError,
-            KeyError,
-            TypeError,
-            ValueError,
-            AttributeError,
-        ) as exc:
+        except MALFORMED_DOCUMENT as exc:
             raise RollbackError(
                 f"{source}: rollback state is corrupted ({exc}); refusing to verify without it: "
                 "restore it from a backup (removing it would forget every version accepted)"
