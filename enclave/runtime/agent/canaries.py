@@ -27,7 +27,7 @@ import yaml
 
 from enclave.errors import PolicyError, UsageError
 from enclave.runtime.agent.results import CheckResult, Finding, could_not_run, failed, passed
-from enclave.runtime.gateway.policy import _Checker
+from enclave.runtime.gateway.policy import _Checker, load_yaml_document
 
 Decision = Literal["allow", "refuse", "hold"]
 API_VERSION = "enclave/v1"
@@ -87,26 +87,8 @@ def load_canaries(path: Path) -> CanarySet:
     return parse_canaries(text, str(path))
 
 
-def _load_yaml(text: bytes, source: str) -> tuple[yaml.Node, Any]:
-    try:
-        loader = yaml.SafeLoader(text.decode("utf-8"))
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                raise UsageError(f"{source}: empty canary file")
-            return node, loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except UnicodeDecodeError:
-        raise UsageError(f"{source}: canary file is not UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{source}{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
-
-
 def parse_canaries(text: bytes, source: str) -> CanarySet:
-    node, data = _load_yaml(text, source)
+    node, data = load_yaml_document(text, source, "canary file")
     # The policy's checker gives the same file:line: path: message errors for both files.
     checker = _Checker(source, node)
     checker.duplicates(node, "")

@@ -153,23 +153,29 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(text, str(path))
 
 
-def parse_policy(text: bytes, source: str) -> Policy:
+def load_yaml_document(text: bytes, source: str, what: str) -> tuple[yaml.Node, Any]:
+    """One YAML document as its node (for line numbers and duplicate keys) and its data; a
+    file that is empty, not UTF-8 or not YAML is a UsageError naming `source` (and the line)."""
     try:
         loader = yaml.SafeLoader(text.decode("utf-8"))
         try:
             node = loader.get_single_node()
             if node is None:
-                raise UsageError(f"{source}: empty policy file")
-            data = loader.construct_document(node)
+                raise UsageError(f"{source}: empty {what}")
+            return node, loader.construct_document(node)
         finally:
             loader.dispose()
     except UnicodeDecodeError:
-        raise UsageError(f"{source}: policy is not UTF-8") from None
+        raise UsageError(f"{source}: {what} is not UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise UsageError(f"{source}{where}: invalid YAML: {problem}") from None
+
+
+def parse_policy(text: bytes, source: str) -> Policy:
+    node, data = load_yaml_document(text, source, "policy file")
     checker = _Checker(source, node)
     checker.duplicates(node, "")
     return checker.policy(data, text)
