@@ -228,18 +228,6 @@ def cmd_trust_update(args: argparse.Namespace) -> Result:
 
 
 # -- bundle -----------------------------------------------------------------------------------
-def _key_passphrase(path: Path) -> bytes | None:
-    """The passphrase of an encrypted private key file (environment or prompt), None when the
-    key is not encrypted or the file cannot be read (loading it then names the problem)."""
-    from enclave.trust.keys import read_passphrase
-
-    try:
-        encrypted = b"ENCRYPTED PRIVATE KEY" in path.read_bytes()[:4096]
-    except OSError:
-        return None
-    return read_passphrase(f"passphrase for {path}: ") if encrypted else None
-
-
 def _load_keys(paths: Sequence[str]) -> list[Any]:
     from enclave.trust.keys import SigningKey
 
@@ -546,6 +534,7 @@ def cmd_provision(args: argparse.Namespace) -> Result:
     from enclave.bundle.volumes import resolve as resolve_volumes
     from enclave.provision import Options, provision
     from enclave.provision.report import summary
+    from enclave.trust.keys import passphrase_for
     from enclave.trust.receipts import Evidence, record
     from enclave.trust.root import TrustRoot
     from enclave.trust.rotation import resolve
@@ -554,7 +543,7 @@ def cmd_provision(args: argparse.Namespace) -> Result:
     # leaves a receipt, a failed one too. Then preflight, push, site.yml from the verified bundle.
     # The audit key signs the receipts and, when the bundle carries the gateway, is the key
     # the gateway signs its log with on the hosts: its passphrase is asked once.
-    passphrase = _key_passphrase(Path(args.audit_key)) if args.audit_key and not args.check else None
+    passphrase = passphrase_for(Path(args.audit_key)) if args.audit_key and not args.check else None
     state, log, receipt, signer = _receipt_setup(args, passphrase)
     now = datetime.now(UTC)
     evidence = Evidence([args.bundle], now, "admission")

@@ -129,7 +129,7 @@ class SigningKey:
     def load(cls, path: Path, passphrase: bytes | None = None) -> SigningKey:
         """Load a PKCS#8 PEM private key; asks for a passphrase only when the key is encrypted."""
         pem = _read(path)
-        encrypted = b"ENCRYPTED PRIVATE KEY" in pem
+        encrypted = _is_encrypted(pem)
         if encrypted and passphrase is None:
             passphrase = read_passphrase(f"passphrase for {path}: ")
         try:
@@ -188,6 +188,16 @@ def read_passphrase(prompt: str, confirm: bool = False) -> bytes:
     if not first:
         raise UsageError("empty passphrase; use --no-passphrase to write an unencrypted key")
     return first.encode("utf-8")
+
+
+def passphrase_for(path: Path) -> bytes | None:
+    """The passphrase a private key file needs (ENCLAVE_KEY_PASSPHRASE or a prompt), asked
+    once up front by a command that loads the key more than once; None when not encrypted."""
+    return read_passphrase(f"passphrase for {path}: ") if _is_encrypted(_read(path)) else None
+
+
+def _is_encrypted(pem: bytes) -> bool:
+    return b"ENCRYPTED PRIVATE KEY" in pem
 
 
 def _read(path: Path) -> bytes:
