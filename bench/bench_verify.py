@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import mmap
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,18 +63,37 @@ def warm(path: Path) -> None:
 
 
 def hashlib_limit(paths: list[Path], algorithm: str) -> None:
-    """All-core hashlib over 16 MiB chunks: the ceiling any verifier in Python can reach."""
+    """All-core hashlib over 16 MiB slices of the files, mapped: the ceiling for hashing them.
+
+    Each slice is hashed straight from the page cache through `mmap` (no copy into a buffer, no
+    allocation per slice), by one thread per core. A verifier cannot do better; enclave's does
+    more (it copies each chunk into a private buffer first, so the bytes it checks are the bytes
+    it writes), so this row is the strict limit.
+    """
     chunk = 16 * 1024 * 1024
+    jobs = iter([(p, o) for p in paths for o in range(0, p.stat().st_size, chunk)])
+    lock = threading.Lock()
 
-    def one(path: Path, offset: int) -> bytes:
-        with path.open("rb", buffering=0) as handle:
-            handle.seek(offset)
-            return hashlib.new(algorithm, handle.read(chunk)).digest()
+    def worker() -> None:
+        maps: dict[Path, memoryview] = {}
+        while True:
+            with lock:
+                job = next(jobs, None)
+            if job is None:
+                break
+            path, offset = job
+            if path not in maps:
+                with path.open("rb") as handle:
+                    maps[path] = memoryview(mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ))
+            hashlib.new(algorithm, maps[path][offset : offset + chunk]).digest()
+        for view in maps.values():
+            view.release()
 
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        jobs = [pool.submit(one, p, o) for p in paths for o in range(0, p.stat().st_size, chunk)]
-        for job in jobs:
-            job.result()
+    threads = [threading.Thread(target=worker) for _ in range(os.cpu_count() or 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def timed_process(command: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
