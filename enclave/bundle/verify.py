@@ -269,7 +269,7 @@ class _ContentCheck:
             if target is not None:
                 view.release()
                 self._write(target, member, index, buffer, length)
-                if self.keep is not None and offset is not None:  # a base chunk is kept already
+                if self.keep is not None:  # a base chunk too: put() skips one the store holds as a chunk
                     self.keep.put(expected, buffer, length)
             if self.progress is not None:
                 self.progress(length)
@@ -467,8 +467,9 @@ def check_archive(
 
     With `staging`, verified chunks are written there (and only verified chunks). With `store`,
     a differential bundle's base chunks are read from it. With `keep` (and `staging`), each
-    verified chunk is also written there, from the same buffer, for the caller to commit to
-    the store once everything passed.
+    verified chunk is also handed to it, from the same buffer (it writes the chunk, or nothing
+    when it will keep the extracted files by hard link), for the caller to commit to the store
+    once everything passed.
     """
     _check_header(source, envelope.info, 0o644, statement.mtime)  # its header was read before trust
     progress = Progress("verify", statement.total_size) if show_progress else None
@@ -515,7 +516,8 @@ def verify_bundle(
     A bundle's `trust` component is applied to the root before its signatures are checked.
     `evidence` is filled as the checks run, so a receipt can describe a failure too.
     With `state`, a differential bundle takes its base chunks from the content store there,
-    and a published bundle's chunks are kept in it (`keep=False`: not kept).
+    and a published bundle is kept in it (`keep=False`: not kept): its files by hard link when
+    the store is on the extraction's filesystem, else its chunks (store.StoreStaging).
     """
     # Imported here: this function is the only part of this module that knows about state.
     from enclave.trust import rotation
@@ -583,9 +585,10 @@ def verify_bundle(
         staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
         kept: StoreStaging | None = None
         try:
-            # The store keeps a published bundle's chunks: written as they verify, committed below.
+            # The store keeps a published bundle: by hard links to the extracted files when it is
+            # on their filesystem, else as chunks written as they verify; committed below.
             if store is not None and keep and staging is not None and state is not None and record:
-                kept = store.staging(statement.digest)
+                kept = store.staging(statement, staging)
             check_archive(source, tar, member, statement, staging, workers, show_progress, store, kept)
             checks += [
                 f"archive: {len(statement.members)} members, canonical headers, exact end",
@@ -597,11 +600,13 @@ def verify_bundle(
                 )
                 checks.append(f"recorded in {state.rollback_path}")
                 if store is not None and kept is not None:
-                    # Only now, after every check: a failed run leaves nothing in the store.
+                    # Only now, after every check, and before the tree is renamed (the links are
+                    # made from the staging directory): a failed run leaves nothing in the store.
+                    how = "hard links to the published files" if kept.links else "chunk copies"
                     kept.commit()
                     kept = None
                     store.record(member.raw)
-                    checks.append(f"content kept in {store.path}")
+                    checks.append(f"content kept in {store.path} ({how})")
             if staging is not None and extract_to is not None:
                 _publish(staging, extract_to, member.raw)
                 staging = None

@@ -81,7 +81,7 @@ def test_damaged_store_fails_closed_naming_the_object(
     store = ContentStore.under(high)
     v1 = store.accepted()[0].statement
     weights = next(m for m in v1.members if m.name == "content/weights/model.gguf")
-    victim = store.object_path(v1.digest, weights.chunks[0])
+    victim = store.file_path(v1.digest, v1.chunk_size, weights.digest)  # kept by hard link: one filesystem
     if damage == "corrupt":
         os.chmod(victim, 0o644)
         with victim.open("r+b") as handle:

@@ -69,3 +69,35 @@ def test_gc_keeps_the_last_versions(build: BuildFn, tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         store.gc(keep=0)
     assert store.find(store.accepted()[0].statement_digest) is not None
+
+
+def test_file_objects_are_listed_verified_found_and_collected(build: BuildFn, tmp_path: Path) -> None:
+    """files/ALG/CHUNKSIZE/HH/HEX holds whole files under their section-2 digest: listed,
+    re-hashed chunk by chunk, found for any of their chunks; junk there is damage gc removes."""
+    store = ContentStore(tmp_path / "store")
+    parts = split(build())
+    statement = store.record(parts[0].data).statement
+    algorithm, chunk = statement.digest, statement.chunk_size
+    data = {part.name: part.data for part in parts[1:]}
+    for member in statement.members:
+        path = store.file_path(algorithm, chunk, member.digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data[member.name])
+    big = next(m for m in statement.members if len(m.chunks) > 2)
+    assert {d for _, d, _ in store.iter_objects()} == {m.digest for m in statement.members}
+    assert store.verify().damaged == ()
+    assert store.has(algorithm, big.chunks[2]) and not store.object_path(algorithm, big.chunks[2]).exists()
+    view = memoryview(bytearray(big.chunk_length(2, chunk)))
+    store.read_verified(algorithm, big.chunks[2], view)
+    assert bytes(view) == data[big.name][2 * chunk : 3 * chunk]
+
+    other = store.file_path(algorithm, chunk, "0" * 96)
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.symlink_to(store.file_path(algorithm, chunk, big.digest))  # same bytes, but not a file
+    junk = store.files / algorithm / "sixteen" / "ab" / ("ab" * 48)
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"x")
+    assert set(store.verify().damaged) == {str(other), str(junk)}
+    assert store.gc(keep=1)[0] == 2
+    report = store.verify()
+    assert report.damaged == () and report.objects == len({m.digest for m in statement.members})

@@ -1,28 +1,32 @@
-"""verify --extract-to keeps every verified chunk in the content store from the buffer it was
-hashed in (no re-read of the extracted tree), and only once every check passed."""
+"""StoreStaging: how verify --extract-to keeps a bundle in the content store, only once every
+check passed. On another filesystem than the store, each verified chunk is written from the
+buffer it was hashed in (no re-read of the extracted tree); on the same one, nothing is written
+and commit hard-links the files (tests/unit/test_store_links.py runs both through verify)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from enclave.bundle.output import aligned_buffer
-from enclave.bundle.statement import BundleStatement
+from enclave.bundle.statement import BundleStatement, Member
 from enclave.bundle.store import ContentStore
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import IntegrityError
-from enclave.trust.root import TrustRoot
-from enclave.trust.state import StateDir
-from tests.conftest import BuildFn
-from tests.tarsurgery import Part, join, split
 
 NOW = datetime.now(UTC)
+
+
+def _statement(chunk_size: int = 1 << 20) -> BundleStatement:
+    return BundleStatement("t", "1.0.0", "2026-01-01T00:00:00Z", "sha384", chunk_size, (), ())
 
 
 def _chunk(data: bytes) -> tuple[str, object]:
@@ -33,7 +37,7 @@ def _chunk(data: bytes) -> tuple[str, object]:
 
 def test_staged_chunks_are_objects_only_after_commit(tmp_path: Path) -> None:
     store = ContentStore(tmp_path / "store")
-    staging = store.staging("sha384")
+    staging = store.staging(_statement())
     digests = []
     for data in (b"a" * 5000, b"", os.urandom(4096), b"a" * 5000):  # a duplicate is staged once
         digest, buffer = _chunk(data)
@@ -53,7 +57,7 @@ def test_staged_chunks_are_objects_only_after_commit(tmp_path: Path) -> None:
 
 def test_discard_and_stale_staging_leave_no_object(tmp_path: Path) -> None:
     store = ContentStore(tmp_path / "store")
-    staging = store.staging("sha384")
+    staging = store.staging(_statement())
     digest, buffer = _chunk(b"x" * 10)
     staging.put(digest, buffer, 10)  # type: ignore[arg-type]
     staging.discard()
@@ -67,51 +71,66 @@ def test_discard_and_stale_staging_leave_no_object(tmp_path: Path) -> None:
     (stale / digest).write_bytes(b"x" * 10)
     alive = store.path / f".staging-{os.getpid()}-1111"
     alive.mkdir()
-    store.staging("sha384").discard()
+    store.staging(_statement()).discard()
     assert not stale.exists() and alive.exists()  # a live verifier's staging is left alone
 
 
 def test_malformed_digest_is_refused(tmp_path: Path) -> None:
-    staging = ContentStore(tmp_path / "store").staging("sha384")
+    staging = ContentStore(tmp_path / "store").staging(_statement())
     with pytest.raises(IntegrityError, match="not a sha384 digest"):
         staging.put("../../x", aligned_buffer(1), 1)
 
 
-def test_published_bundle_has_every_chunk_kept(build: BuildFn, root_path: Path, tmp_path: Path) -> None:
-    bundle = build()
-    state = StateDir.open(tmp_path / "state")
-    verify_bundle(
-        [bundle], TrustRoot.load(root_path), NOW, extract_to=tmp_path / "x", show_progress=False, state=state
-    )
-    store = ContentStore.under(tmp_path / "state")
-    statement = BundleStatement.from_payload(store.accepted()[0].statement.to_payload())
-    wanted = {c for m in statement.members for c in m.chunk_digests()}
-    assert {d for _, d, _ in store.iter_objects()} == wanted
-    assert store.verify().damaged == ()
+def _tree(directory: Path, files: dict[str, bytes], chunk_size: int) -> BundleStatement:
+    """An extracted tree as verify leaves it in its staging directory, and its statement."""
+    members = []
+    for name, data in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(data)
+        members.append(Member.of_bytes(name, data, "sha384", chunk_size))
+    return BundleStatement("t", "1.0.0", "2026-01-01T00:00:00Z", "sha384", chunk_size, (), tuple(members))
+
+
+def test_same_filesystem_links_the_files_at_commit_only(tmp_path: Path) -> None:
+    chunk = 1 << 20
+    extracted = tmp_path / "x"
+    extracted.mkdir()
+    big = os.urandom(chunk + 100)  # two chunks: its digest depends on the chunk size
+    statement = _tree(extracted, {"a/big": big, "a/same": big, "empty": b""}, chunk)
+    store = ContentStore(tmp_path / "store")
+    staging = store.staging(statement, extracted)
+    assert staging.links and sorted(p.name for p in extracted.iterdir()) == ["a", "empty"]  # probe gone
+    digest, buffer = _chunk(big[:chunk])
+    staging.put(digest, buffer, chunk)  # type: ignore[arg-type]
+    assert list(staging.path.iterdir()) == [] and list(store.iter_objects()) == []
+    assert staging.commit() == 2  # "a/same" has the digest of "a/big": one object
+    kept = {e.path: e for e in store.entries()}
+    big_object = store.file_path("sha384", chunk, statement.members[0].digest)
+    assert set(kept) == {big_object, store.file_path("sha384", chunk, statement.members[2].digest)}
+    assert kept[big_object].chunk_size == chunk and big_object.parent.parent.name == str(chunk)
+    assert big_object.stat().st_ino == (extracted / "a" / "big").stat().st_ino
     assert not list(store.path.glob(".staging-*"))
 
 
-def test_failed_verification_keeps_nothing(build: BuildFn, root_path: Path, tmp_path: Path) -> None:
-    """The last member is corrupt: chunks before it verified (and were staged), but the run
-    fails, so the store gains no object and no staging directory is left."""
-    bundle = build()
-    parts = split(bundle)
-    last = parts[-1]
-    data = bytearray(last.data)
-    data[-1] ^= 0x01
-    parts[-1] = Part(last.name, last.header, bytes(data), last.mtime, last.mode)
-    bundle.unlink()
-    join(parts, bundle)
-    state = StateDir.open(tmp_path / "state")
-    with pytest.raises(IntegrityError, match="digest mismatch"):
-        verify_bundle(
-            [bundle],
-            TrustRoot.load(root_path),
-            NOW,
-            extract_to=tmp_path / "x",
-            show_progress=False,
-            state=state,
-        )
-    store = ContentStore.under(tmp_path / "state")
-    assert list(store.iter_objects()) == []
-    assert not list(store.path.glob(".staging-*")) and not (tmp_path / "x").exists()
+def test_another_filesystem_or_no_hard_links_stages_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extracted = tmp_path / "x"
+    extracted.mkdir()
+    statement = _tree(extracted, {"f": b"data"}, 1 << 20)
+    if Path("/dev/shm").is_dir():
+        shm = ContentStore(Path(tempfile.mkdtemp(dir="/dev/shm")) / "store")
+        try:
+            assert not shm.staging(statement, extracted).links  # st_dev differs
+        finally:
+            shutil.rmtree(shm.path.parent)
+
+    def exdev(*args: object, **kwargs: object) -> None:  # a bind mount: same st_dev, link refused
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", exdev)
+    staging = ContentStore(tmp_path / "store").staging(statement, extracted)
+    assert not staging.links and sorted(p.name for p in extracted.iterdir()) == ["f"]
+    digest, buffer = _chunk(b"data")
+    staging.put(digest, buffer, 4)  # type: ignore[arg-type]
+    assert staging.commit() == 1 and staging.store.has("sha384", digest)
