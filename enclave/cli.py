@@ -709,13 +709,16 @@ def _store(args: argparse.Namespace) -> Any:
 def cmd_store_ls(args: argparse.Namespace) -> Result:
     store = _store(args)
     bundles = store.accepted()
-    objects = list(store.iter_objects())
-    size = sum(p.stat().st_size for _, _, p in objects)
-    lines = [f"{store.path}: {len(objects)} chunks, {size} bytes"]
+    entries = list(store.entries())
+    files = sum(1 for e in entries if e.chunk_size is not None)
+    size = sum(e.path.lstat().st_size for e in entries)  # a file object's bytes may be shared (hard link)
+    kinds = f"{len(entries) - files} chunks, {files} files"
+    lines = [f"{store.path}: {len(entries)} objects ({kinds}), {size} bytes"]
     lines += [f"  {b.name} {b.version}  statement {b.statement_digest[:16]}" for b in bundles]
     doc = {
         "store": str(store.path),
-        "objects": len(objects),
+        "objects": len(entries),
+        "files": files,
         "bytes": size,
         "bundles": [
             {"name": b.name, "version": b.version, "statementDigest": b.statement_digest} for b in bundles
@@ -732,9 +735,9 @@ def cmd_store_verify(args: argparse.Namespace) -> Result:
         for path in report.damaged:
             print(f"damaged: {path}", file=sys.stderr)
         raise IntegrityError(
-            f"{len(report.damaged)} of {report.objects} stored chunks are damaged, first {report.damaged[0]}"
+            f"{len(report.damaged)} of {report.objects} stored objects are damaged, first {report.damaged[0]}"
         )
-    return f"{report.objects} stored chunks, {report.bytes} bytes: every digest matches", {
+    return f"{report.objects} stored objects, {report.bytes} bytes: every digest matches", {
         "objects": report.objects,
         "bytes": report.bytes,
         "damaged": [],
@@ -743,7 +746,7 @@ def cmd_store_verify(args: argparse.Namespace) -> Result:
 
 def cmd_store_gc(args: argparse.Namespace) -> Result:
     removed, freed = _store(args).gc(args.keep)
-    return f"removed {removed} chunks, {freed} bytes", {"removed": removed, "bytes": freed}
+    return f"removed {removed} objects, {freed} bytes freed", {"removed": removed, "bytes": freed}
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -872,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     for action, handler, text in (
-        ("ls", cmd_store_ls, "list accepted bundle versions and stored chunks"),
+        ("ls", cmd_store_ls, "list accepted bundle versions and stored objects (chunks and files)"),
         ("verify", cmd_store_verify, "re-hash every stored chunk; name the damaged ones"),
         ("gc", cmd_store_gc, "keep only the chunks of the last N versions of each bundle"),
     ):
