@@ -2,39 +2,40 @@
 
 Each input is read twice at most: once to hash (chunks in parallel on every core), once to
 copy into the archive (output.Sink: O_DIRECT from an aligned buffer). For a single-file,
-non-differential bundle the two reads run at the same time (`_write_overlapped`): the copy
-goes to the offset the head will end at, and the head is written last. A file that changes
-during the build fails it rather than producing a bundle whose statement does not match
-its content.
+non-differential bundle the two run at the same time (`_write_overlapped`): the copy goes to
+the offset the head will end at, and the head is written last; on few cores a file that
+needs plain digests is read only once, its buffers hashed and written from the same memory
+(`_hash_while_writing`). A file that changes during the build fails it rather than producing
+a bundle whose statement does not match its content.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from enclave import __version__
 from enclave.bundle.digest import (
-    READ_BLOCK,
+    STREAM_BLOCK,
     FileDigest,
     chunk_count,
-    combine,
     default_workers,
     digest_files,
-    iter_chunks,
     new_hash,
+    stream_digests,
 )
 from enclave.bundle.manifest import Component, Manifest, load_manifest
 from enclave.bundle.modelcard import gguf_metadata
 from enclave.bundle.modelsig import sign_model, signature_member
-from enclave.bundle.output import Sink, open_output
+from enclave.bundle.output import DIRECT_ALIGN, Sink, open_output
 from enclave.bundle.provenance import PROVENANCE_NAME, provenance_statement, sign_provenance, source_names
 from enclave.bundle.sbom import build_sbom
 from enclave.bundle.source import ArchiveSource
@@ -200,21 +201,25 @@ def build_bundle(
     def assemble(hashed: Sequence[_Hashed]) -> _Head:
         return _assemble(manifest, algorithm, digest, created, groups, files, hashed, keys, facts, base_ref)
 
-    def hash_all() -> list[_Hashed]:
-        progress = Progress("hash", total) if show_progress else None
-        hashed = _hash_inputs(files, wants, algorithm, manifest.chunk_size, workers, progress)
-        if progress is not None:
-            progress.finish()
-        return hashed
+    progress = Progress("hash", total) if show_progress else None
+
+    def hash_files(which: Sequence[int]) -> list[_Hashed]:
+        chosen = [files[i] for i in which]
+        return _hash_inputs(
+            chosen, [wants[i] for i in which], algorithm, manifest.chunk_size, workers, progress
+        )
 
     target = out_dir / manifest.bundle_name
     head: _Head | None = None
     if volume_size is None and base is None:
+        streaming = _Streaming(algorithm, wants, _single_read(files, wants, workers), progress)
         head, written = _write_overlapped(
-            target, files, wants, algorithm, manifest.chunk_size, assemble, hash_all
+            target, files, wants, algorithm, manifest.chunk_size, assemble, hash_files, streaming
         )
     else:
-        head, written = assemble(hash_all()), False
+        head, written = assemble(hash_files(range(len(files)))), False
+    if progress is not None:
+        progress.finish()
     if not written:  # volumes, a differential bundle, or the overlapped layout guessed wrong
         with open_output(target, volume_size) as sink:
             sink.write(head.data)
@@ -342,7 +347,8 @@ def _write_overlapped(
     algorithm: str,
     chunk_size: int,
     assemble: Callable[[Sequence[_Hashed]], _Head],
-    hash_all: Callable[[], list[_Hashed]],
+    hash_files: Callable[[Sequence[int]], list[_Hashed]],
+    streaming: _Streaming,
 ) -> tuple[_Head, bool]:
     """Copy the content into the bundle while it is hashed; write the head last. Returns the
     head and whether the bundle was written (False: the head's size was mispredicted, nothing
@@ -353,8 +359,9 @@ def _write_overlapped(
     (hex digests, counts, names, times), except ECDSA signatures (DER, a few bytes either way);
     the head is padded to 512-byte blocks, so assembling it with placeholder digests predicts
     its size exactly unless a signature length crosses a block boundary. The content (its
-    headers depend on name, size, mode and time only) is copied at that offset by a thread
-    while the main thread hashes; each input is read twice at most, both passes at once.
+    headers depend on name, size, mode and time only) is copied at that offset by a thread;
+    the files in `streaming.files` are hashed by that copy, from the buffers it writes
+    (one read), the others by the main thread meanwhile (read twice, both passes at once).
     The head is written at offset 0 only if its real size matches; otherwise the partial
     file is discarded and the bundle is written again the sequential way.
     """
@@ -362,21 +369,25 @@ def _write_overlapped(
     predicted = assemble(placeholders)
     stop = threading.Event()
     failure: list[BaseException] = []
+    by_copy: dict[int, _Hashed] = {}
     try:
         with open_output(target) as sink:
             sink.skip(predicted.span)
 
             def copy() -> None:
                 try:
-                    _write_content(
-                        sink,
-                        files,
-                        predicted.content,
-                        chunk_size,
-                        predicted.mtime,
-                        predicted.span,
-                        None,
-                        stop,
+                    by_copy.update(
+                        _write_content(
+                            sink,
+                            files,
+                            predicted.content,
+                            chunk_size,
+                            predicted.mtime,
+                            predicted.span,
+                            None,
+                            stop,
+                            streaming,
+                        )
                     )
                 except BaseException as exc:  # handed to the main thread
                     failure.append(exc)
@@ -384,7 +395,7 @@ def _write_overlapped(
             copier = threading.Thread(target=copy, name="bundle-copy")
             copier.start()
             try:
-                hashed = hash_all()
+                others = iter(hash_files([i for i in range(len(files)) if i not in streaming.files]))
             except BaseException:
                 stop.set()
                 _join(copier, stop)
@@ -392,6 +403,7 @@ def _write_overlapped(
             _join(copier, stop)
             if failure:
                 raise failure[0]
+            hashed = [by_copy[i] if i in streaming.files else next(others) for i in range(len(files))]
             for source in files:  # the hash read and the copy read saw the same file
                 if not _same_file(source.stat, source.path.stat()):
                     raise UsageError(f"{source.path}: changed while the bundle was being built")
@@ -425,6 +437,38 @@ def _placeholder(source: SourceFile, wanted: frozenset[str], algorithm: str, chu
     return _Hashed(FileDigest(source.stat.st_size, zero, chunks), plain)
 
 
+@dataclass(frozen=True)
+class _Streaming:
+    """Which files the archive copy hashes as it writes them (indices into the build's files),
+    with what, and where hashing progress goes."""
+
+    algorithm: str
+    wants: Sequence[frozenset[str]]
+    files: frozenset[int]
+    progress: Progress | None
+
+
+SINGLE_READ_MIN = 4 * STREAM_BLOCK  # smaller files keep two reads and the sink's buffering
+
+
+def _single_read(
+    files: Sequence[SourceFile], wants: Sequence[frozenset[str]], workers: int | None
+) -> frozenset[int]:
+    """The files the overlapped build hashes inside its copy: the large ones that need a plain
+    digest, when the cores are few. A file's lanes (its chunk hash, one or two plain hashes
+    and the writer) then fill the cores, and a second read of every byte only takes CPU from
+    them. With more cores, reading twice lets several such files hash side by side
+    (`_hash_inputs`) while the copy runs. Small files are not worth it: each one hashed in
+    the copy costs a direct write of the sink's pending bytes (`Sink.detach`)."""
+    if max(1, (workers or default_workers()) // 2) > 1:
+        return frozenset()
+    return frozenset(
+        i
+        for i, (source, wanted) in enumerate(zip(files, wants, strict=True))
+        if wanted and source.stat.st_size >= SINGLE_READ_MIN
+    )
+
+
 COPY_RUN = 64 * 1024 * 1024  # the copier checks for a stop between runs of this size
 
 
@@ -437,10 +481,13 @@ def _write_content(
     offset: int,
     progress: Progress | None,
     stop: threading.Event | None = None,
-) -> None:
+    streaming: _Streaming | None = None,
+) -> dict[int, _Hashed]:
     """The content members (header, carried chunks, padding) and the end-of-archive zeros;
-    `offset` is where the first content member starts."""
-    for source, member in zip(files, content, strict=True):
+    `offset` is where the first content member starts. Returns the digests of the files in
+    `streaming`, which are hashed from the buffers they are written from."""
+    hashed: dict[int, _Hashed] = {}
+    for index, (source, member) in enumerate(zip(files, content, strict=True)):
         size = member.archive_size(chunk_size)
         if not member.in_archive:
             continue
@@ -448,11 +495,15 @@ def _write_content(
         sink.write(header)
         src = os.open(source.path, os.O_RDONLY)
         try:
-            for start, length in _runs(member, chunk_size):
-                for at in range(start, start + max(length, 1), COPY_RUN):
-                    if stop is not None and stop.is_set():
-                        raise UsageError("build stopped")
-                    sink.copy_from(src, at, min(COPY_RUN, start + length - at))
+            if streaming is not None and index in streaming.files:
+                hashed[index] = _hash_while_writing(
+                    sink, source.path, src, size, chunk_size, streaming, index, stop
+                )
+            else:
+                for start, length in _runs(member, chunk_size):
+                    for at in range(start, start + max(length, 1), COPY_RUN):
+                        _check_stop(stop)
+                        sink.copy_from(src, at, min(COPY_RUN, start + length - at))
             if not _same_file(source.stat, os.fstat(src)):
                 raise UsageError(f"{source.path}: changed while the bundle was being built")
         finally:
@@ -462,6 +513,63 @@ def _write_content(
         if progress is not None:
             progress(size)
     sink.write(b"\x00" * trailer_size(offset))
+    return hashed
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise UsageError("build stopped")
+
+
+def _reader(path: Path, fd: int, stop: threading.Event | None = None) -> Callable[[memoryview, int], int]:
+    """Fills a view from `fd` at an offset; a short read means the file shrank under us."""
+
+    def read_into(view: memoryview, offset: int) -> int:
+        _check_stop(stop)
+        got = os.preadv(fd, [view], offset)
+        if got != len(view):
+            raise UsageError(f"{path}: changed while the bundle was being built")
+        return got
+
+    return read_into
+
+
+def _hash_while_writing(
+    sink: Sink,
+    path: Path,
+    src: int,
+    size: int,
+    chunk_size: int,
+    streaming: _Streaming,
+    index: int,
+    stop: threading.Event | None,
+) -> _Hashed:
+    """Read a whole file once into aligned buffers that are hashed (every lane on its own
+    thread) and written to the output with O_DIRECT from where they were read, no copy.
+    The sink's pending bytes before the file (its last partial DIRECT_ALIGN block, e.g.
+    this member's header) go first, so each buffer sits at an aligned output offset; the
+    last buffer's partial block goes back to the sink, in front of the padding."""
+    lead = sink.detach()
+    rest = bytearray()
+
+    def write(buffer: mmap.mmap, length: int, last: bool) -> None:
+        whole = length - length % DIRECT_ALIGN if last else length
+        sink.write_blocks(buffer, whole)
+        if last:
+            rest.extend(buffer[whole:length])
+
+    file_digest, plains = stream_digests(
+        _reader(path, src, stop),
+        size,
+        streaming.algorithm,
+        chunk_size,
+        streaming.wants[index],
+        streaming.progress,
+        lead,
+        write,
+    )
+    sink.write(bytes(rest))
+    return _Hashed(file_digest, plains)
 
 
 @dataclass(frozen=True)
@@ -518,41 +626,15 @@ def _hash_inputs(
 def _stream_digest(
     path: Path, algorithm: str, chunk_size: int, plain: frozenset[str], progress: Progress | None
 ) -> _Hashed:
-    """One sequential read of `path`; per block, the chunk hash and each plain hash update on
-    their own thread (hashlib releases the GIL), while the next block is read into the other
-    buffer."""
-    block = min(READ_BLOCK, chunk_size)  # both powers of two: blocks never straddle a chunk
-    hashes = {name: new_hash(name) for name in sorted(plain)}
-    buffers = (bytearray(block), bytearray(block))
-    chunks: list[bytes] = []
+    """One sequential read of `path` feeding its chunk hashes and each plain hash, each on its
+    own thread (digest.stream_digests)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        with ThreadPoolExecutor(max_workers=1 + len(hashes)) as lanes:
-            pending: list[Future[None]] = []
-            turn = 0
-            for offset, length in iter_chunks(size, chunk_size):
-                chunk = new_hash(algorithm)
-                done = 0
-                while done < length:
-                    view = memoryview(buffers[turn])[: min(block, length - done)]
-                    if os.preadv(fd, [view], offset + done) != len(view):
-                        raise UsageError(f"{path}: changed while the bundle was being built")
-                    for future in pending:  # the previous block is hashed: its buffer is free
-                        future.result()
-                    pending = [lanes.submit(h.update, view) for h in (chunk, *hashes.values())]
-                    turn ^= 1
-                    done += len(view)
-                    if progress is not None:
-                        progress(len(view))
-                for future in pending:
-                    future.result()
-                pending = []
-                chunks.append(chunk.digest())
+        file_digest, plains = stream_digests(_reader(path, fd), size, algorithm, chunk_size, plain, progress)
     finally:
         os.close(fd)
-    file_digest = FileDigest(size, combine(algorithm, chunk_size, chunks), tuple(chunks))
-    return _Hashed(file_digest, {name: h.digest() for name, h in hashes.items()})
+    return _Hashed(file_digest, plains)
 
 
 def _model_signatures(

@@ -3,7 +3,8 @@
 Either way the output appears only when complete: every part is written under a temporary
 name beside its target, synced, and renamed at the end; any failure removes the parts.
 
-Bytes are written with O_DIRECT from one page-aligned buffer where the filesystem allows it.
+Bytes are written with O_DIRECT from one page-aligned buffer where the filesystem allows it
+(or from the caller's own aligned buffers: `detach`, `write_blocks`).
 Buffered writes of gigabytes go through page-cache write-back, which on the project's VM disk
 runs at about a quarter of what the device takes directly (docs/PERFORMANCE.md, "Bundle build
 and verify"). O_DIRECT is not durability: each part is still fsynced before it is renamed.
@@ -159,6 +160,29 @@ class Sink:
             offset += got
             count -= got
             self._advance(got)
+
+    def detach(self) -> bytes:
+        """Write the whole DIRECT_ALIGN blocks of the buffer and hand back the rest (fewer than
+        DIRECT_ALIGN bytes, which the output no longer holds), so the caller can write them
+        again in front of its own bytes from its own aligned buffers (`write_blocks`).
+        Single-file output only."""
+        if self.part_size is not None:
+            raise ValueError("detach() is for single-file output")
+        if self._fd < 0:
+            self._next_part()
+        whole = self._fill - self._fill % DIRECT_ALIGN
+        rest = bytes(self._buffer[whole : self._fill])
+        self._fill = whole
+        self._used -= len(rest)
+        self._flush()  # the buffer's start is aligned, so this write ends exactly at _used
+        return rest
+
+    def write_blocks(self, buffer: mmap.mmap, length: int) -> None:
+        """Write buffer[:length], whole DIRECT_ALIGN blocks from an aligned buffer, straight to
+        the output at its current position, which `detach` left aligned (no copy)."""
+        if self.part_size is not None or self._fill or length % DIRECT_ALIGN:
+            raise ValueError("write_blocks() needs a detached single-file output and whole blocks")
+        self._used = pwrite_all(self._fd, buffer, length, self._used, self._direct)
 
     def skip(self, count: int) -> None:
         """Start the output `count` bytes in; `write_at` fills them in later (one part only)."""
