@@ -141,14 +141,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="4GiB,512MiB,512MiB,512MiB,512MiB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where weights, bundles and extractions go")
-    parser.add_argument(
-        "--tmpfs", default="/dev/shm", help="a RAM filesystem for the extraction row without disk"
-    )
     args = parser.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     total = sum(sizes)
     work = Path(tempfile.mkdtemp(prefix="enclave-bench-", dir=args.dir))
-    tmpfs_ok = Path(args.tmpfs).is_dir() and shutil.disk_usage(args.tmpfs).free > total * 1.2
     rows: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
 
     def record(name: str, algorithm: str, seconds: float, rss: int = 0) -> None:
@@ -245,17 +241,6 @@ def main() -> None:
                     *timed_process([*verify, "--extract-to", str(target)]),
                 )
                 shutil.rmtree(target)
-                if tmpfs_ok:  # no disk write at all: the tree and the state directory in RAM
-                    target = Path(args.tmpfs) / f"enclave-bench-x-{os.getpid()}"
-                    ram_state = Path(args.tmpfs) / f"enclave-bench-state-{os.getpid()}"
-                    in_ram = [*verify[: verify.index("--state-dir")], "--state-dir", str(ram_state)]
-                    record(
-                        "enclave bundle verify --extract-to (tmpfs, admission)",
-                        algorithm,
-                        *timed_process([*in_ram, "--extract-to", str(target)]),
-                    )
-                    shutil.rmtree(target)
-                    shutil.rmtree(ram_state)
                 shutil.rmtree(state)
                 shutil.rmtree(out)
         print(
