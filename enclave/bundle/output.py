@@ -6,7 +6,7 @@ name beside its target, synced, and renamed at the end; any failure removes the 
 Bytes are written with O_DIRECT from one page-aligned buffer where the filesystem allows it
 (or from the caller's own aligned buffers: `detach`, `write_blocks`).
 Buffered writes of gigabytes go through page-cache write-back, which on the project's VM disk
-runs at about a quarter of what the device takes directly (docs/PERFORMANCE.md, "Bundle build
+has run at a quarter of what the device takes directly (docs/PERFORMANCE.md, "Bundle build
 and verify"). O_DIRECT is not durability: each part is still fsynced before it is renamed.
 """
 
