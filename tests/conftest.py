@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,3 +160,16 @@ def rotate() -> RotateFn:
         return path
 
     return _rotate
+
+
+@pytest.fixture
+def shm(tmp_path: Path) -> Iterator[Path]:
+    """A directory on another filesystem than tmp_path (tmpfs): where the content store cannot
+    hard-link an extracted tree, so it keeps chunk copies."""
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is on tmp_path's filesystem")
+    directory = Path(tempfile.mkdtemp(prefix="enclave-test-", dir="/dev/shm"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

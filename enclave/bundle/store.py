@@ -154,9 +154,10 @@ class ContentStore:
                 pass
             except IntegrityError as exc:
                 damaged = damaged or exc
-        # Name the file object the accepted statements place it in, if any, else the chunk object.
-        missing = in_files[0].path if in_files else chunk_object
-        raise damaged or IntegrityError(f"{missing}: base content missing from the store")
+        # Missing everywhere: name where it was looked for, the chunk object and the file object
+        # the accepted statements place it in (a store holds one or the other).
+        also = f" (nor in {in_files[0].path})" if in_files else ""
+        raise damaged or IntegrityError(f"{chunk_object}: base content missing from the store{also}")
 
     def entries(self) -> Iterator[StoredObject]:
         """Every chunk object, then every file object (names starting with '.' are not objects)."""

@@ -74,14 +74,17 @@ def test_damaged_store_fails_closed_naming_the_object(
     versions: dict[str, Path],
     root_path: Path,
     tmp_path: Path,
+    shm: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """v1 extracted to another filesystem, so the store keeps its chunks as objects (the file
+    objects of one filesystem: tests/unit/test_store_links.py)."""
     high = tmp_path / "high"
-    assert verify(versions["v1"], root_path, high, tmp_path / "pub-v1") == 0
+    assert verify(versions["v1"], root_path, high, shm / "pub-v1") == 0
     store = ContentStore.under(high)
     v1 = store.accepted()[0].statement
     weights = next(m for m in v1.members if m.name == "content/weights/model.gguf")
-    victim = store.file_path(v1.digest, v1.chunk_size, weights.digest)  # kept by hard link: one filesystem
+    victim = store.object_path(v1.digest, weights.chunks[0])
     if damage == "corrupt":
         os.chmod(victim, 0o644)
         with victim.open("r+b") as handle:

@@ -10,8 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,16 +46,6 @@ def versions(keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dic
     (src / "bundle.yaml").write_text(MANIFEST.format(name="m", version="2.0.0", digest="sha384"))
     diff = build_bundle(src / "bundle.yaml", tmp_path / "diff", signers, show_progress=False, base=v1)
     return {"v1": v1, "diff": diff, "src": src}
-
-
-@pytest.fixture
-def shm() -> Iterator[Path]:
-    """A directory on another filesystem than tmp_path (tmpfs)."""
-    if not Path("/dev/shm").is_dir():
-        pytest.skip("no /dev/shm")
-    directory = Path(tempfile.mkdtemp(prefix="enclave-test-", dir="/dev/shm"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _statement(store: ContentStore, version: str) -> BundleStatement:
