@@ -460,7 +460,7 @@ def _single_read(
     them. With more cores, reading twice lets several such files hash side by side
     (`_hash_inputs`) while the copy runs. Small files are not worth it: each one hashed in
     the copy costs a direct write of the sink's pending bytes (`Sink.detach`)."""
-    if max(1, (workers or default_workers()) // 2) > 1:
+    if (workers or default_workers()) >= 4:  # enough cores to hash two such files side by side
         return frozenset()
     return frozenset(
         i
