@@ -172,11 +172,6 @@ class ContentStore:
                     if not path.name.startswith("."):
                         yield StoredObject(algorithm_dir.name, path.name, path, chunk_size)
 
-    def iter_objects(self) -> Iterator[tuple[str, str, Path]]:
-        """(algorithm, digest, path) of every chunk and file object."""
-        for entry in self.entries():
-            yield entry.algorithm, entry.digest, entry.path
-
     def verify(self, workers: int | None = None) -> StoreReport:
         """Re-hash every object on all cores (a file object with its section-2 digest, chunk by
         chunk); name every damaged one: wrong content, not a regular file, unreadable."""

@@ -59,11 +59,11 @@ def test_gc_keeps_the_last_versions(build: BuildFn, tmp_path: Path) -> None:
             member = bundle.statement.members[bundle.statement.index[part.name]]
             if not member.chunks:
                 store.put_verified("sha384", member.digest, memoryview(part.data))
-    before = sum(1 for _ in store.iter_objects())
+    before = sum(1 for _ in store.entries())
     removed, freed = store.gc(keep=2)
     assert [b.version for b in store.accepted()] == ["2.0.0-rc.1", "2.0.0"]
-    assert removed > 0 and freed > 0 and sum(1 for _ in store.iter_objects()) == before - removed
-    kept = {d for _, d, _ in store.iter_objects()}
+    assert removed > 0 and freed > 0 and sum(1 for _ in store.entries()) == before - removed
+    kept = {e.digest for e in store.entries()}
     for bundle in store.accepted():
         assert {m.digest for m in bundle.statement.members if not m.chunks} <= kept
     with pytest.raises(UsageError):
@@ -84,7 +84,7 @@ def test_file_objects_are_listed_verified_found_and_collected(build: BuildFn, tm
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data[member.name])
     big = next(m for m in statement.members if len(m.chunks) > 2)
-    assert {d for _, d, _ in store.iter_objects()} == {m.digest for m in statement.members}
+    assert {e.digest for e in store.entries()} == {m.digest for m in statement.members}
     assert store.verify().damaged == ()
     assert store.has(algorithm, big.chunks[2]) and not store.object_path(algorithm, big.chunks[2]).exists()
     view = memoryview(bytearray(big.chunk_length(2, chunk)))

@@ -102,7 +102,7 @@ def test_same_filesystem_links_the_files_at_commit_only(tmp_path: Path) -> None:
     assert staging.links and sorted(p.name for p in extracted.iterdir()) == ["a", "empty"]  # probe gone
     digest, buffer = _chunk(big[:chunk])
     staging.put(digest, buffer, chunk)  # type: ignore[arg-type]
-    assert list(staging.path.iterdir()) == [] and list(store.iter_objects()) == []
+    assert list(staging.path.iterdir()) == [] and list(store.entries()) == []
     assert staging.commit() == 2  # "a/same" has the digest of "a/big": one object
     kept = {e.path: e for e in store.entries()}
     big_object = store.file_path("sha384", chunk, statement.members[0].digest)
