@@ -1,4 +1,5 @@
-"""Typed errors, each bound to one exit code of DESIGN.md. The CLI maps them in one place."""
+"""Typed errors, each bound to one exit code (README: 0 ok, 1 bug, 2 bad input, 3 integrity, 4 trust,
+5 rollback, 6 unsafe archive, 7 provisioning, 8 policy). The CLI maps them in one place."""
 
 from __future__ import annotations
 

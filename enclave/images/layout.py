@@ -12,7 +12,7 @@ Everything but the config and the layers is generated from them and the ref, byt
 (compact JSON, sorted keys), so a loader regenerates each file and compares bytes instead of
 trusting what it parses. Layers are uncompressed: the digest the bundle signs is then the
 diff ID the engine itself checks when it registers the layer, and layers do not compress
-much anyway (DESIGN.md: the bundle is not compressed).
+much anyway (docs/FORMAT.md: the bundle is not compressed).
 """
 
 from __future__ import annotations

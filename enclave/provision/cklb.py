@@ -8,18 +8,26 @@ controls that ran. Rules are grouped per source STIG (Ubuntu 22.04, RHEL 9).
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-from enclave.errors import UsageError
+from enclave.errors import EnclaveError, UsageError
 from enclave.provision.events import ControlResult
 from enclave.provision.report import write_json
 
 CATALOGUE = Path("roles/enclave_harden/files/controls.yml")
+# DISA's STIG Viewer 3 CKLB 1.0 JSON Schema (SV3_CKLB_1_0_JSON_SCHEMA.json, a US government
+# publication), kept without its description strings; every key, type, enum, required list and
+# additionalProperties is as published.
+SCHEMA = "schema/cklb-1.0.schema.json"
 FIELDS = ("id", "title", "severity", "vuln", "rule", "srg", "cci", "scope", "check", "fix")
 SEVERITIES = ("low", "medium", "high")
 SCOPES = ("host", "kernel", "audit", "boot", "mount", "firewall")
@@ -147,6 +155,26 @@ def _rule(
     }
 
 
+def validate_checklist(doc: Mapping[str, Any]) -> None:
+    """Check `doc` against DISA's STIG Viewer 3 CKLB 1.0 schema (shipped in
+    enclave/provision/schema/). Every checklist is built by this module, so one that fails the
+    schema is a bug in enclave: EnclaveError, exit 1, and nothing is written."""
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "document"
+        raise EnclaveError(f"CKLB checklist fails the STIG Viewer 3 schema at {where}: {first.message}")
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft201909Validator:
+    schema = json.loads(resources.files("enclave.provision").joinpath(SCHEMA).read_text("utf-8"))
+    return jsonschema.Draft201909Validator(
+        schema, format_checker=jsonschema.Draft201909Validator.FORMAT_CHECKER
+    )
+
+
 def write_checklist(path: Path, doc: Mapping[str, Any]) -> None:
-    """Atomically, keeping the key order the checklist was built in."""
+    """Validate, then write atomically, keeping the key order the checklist was built in."""
+    validate_checklist(doc)
     write_json(path, doc, sort_keys=False)

@@ -24,7 +24,7 @@ from enclave.errors import UsageError
 Algorithm = Literal["ecdsa-p384", "ml-dsa-87"]
 ALGORITHMS: tuple[Algorithm, ...] = ("ecdsa-p384", "ml-dsa-87")
 
-# Signature scheme names (DESIGN.md) and their TUF keytype/scheme spelling in root.json.
+# Signature scheme names (docs/FORMAT.md) and their TUF keytype/scheme spelling in root.json.
 SCHEME_BY_ALGORITHM: dict[Algorithm, str] = {
     "ecdsa-p384": "ecdsa-p384-sha384",
     "ml-dsa-87": "ml-dsa-87",

@@ -40,7 +40,7 @@ from tests.integration import remote
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = json.loads((REPO.parent / "shared" / "standards" / "cklb-1.0.schema.json").read_text())
+SCHEMA = json.loads((REPO / "enclave" / "provision" / "schema" / "cklb-1.0.schema.json").read_text())
 MIB = 1024 * 1024
 
 MANIFEST = """\

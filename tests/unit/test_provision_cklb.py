@@ -1,5 +1,5 @@
-"""CKLB checklists validate against DISA's STIG Viewer 3 schema (kept in ../shared/standards/),
-built from the real role catalogue."""
+"""CKLB checklists validate against DISA's STIG Viewer 3 schema (shipped in
+enclave/provision/schema/), built from the real role catalogue."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from enclave.errors import UsageError
+from enclave.errors import EnclaveError, UsageError
 from enclave.provision import cklb
 from enclave.provision.events import ControlResult
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO.parent / "shared" / "standards" / "cklb-1.0.schema.json"
+SCHEMA = REPO / "enclave" / "provision" / "schema" / "cklb-1.0.schema.json"
 PLAYBOOKS = REPO / "playbooks"
 
 
@@ -73,6 +73,17 @@ def test_the_schema_check_is_real() -> None:
     doc["id"] = "not-a-uuid"
     with pytest.raises(jsonschema.ValidationError, match="is not a 'uuid'"):
         validator().validate(doc)
+
+
+def test_a_checklist_failing_the_schema_is_never_written(tmp_path: Path) -> None:
+    catalogue = cklb.load_catalogue(PLAYBOOKS)
+    doc = cklb.build_checklist("h", {}, catalogue, {}, "")
+    doc["stigs"][0]["rules"][0]["severity"] = "catastrophic"
+    path = tmp_path / "h.cklb"
+    with pytest.raises(EnclaveError, match=r"schema at stigs/0/rules/0/severity: 'catastrophic'") as info:
+        cklb.write_checklist(path, doc)
+    assert type(info.value).exit_code == 1  # enclave built it: a bug, not bad input
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_broken_catalogue_is_refused(tmp_path: Path) -> None:

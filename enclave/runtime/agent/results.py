@@ -109,7 +109,7 @@ def failed(
 
 
 def could_not_run(check: Check, finding: Finding, error: type[EnclaveError] | None = None) -> CheckResult:
-    """A check that cannot run is a failed check (DESIGN.md: every failure is closed)."""
+    """A check that cannot run is a failed check (docs/GATEWAY.md section 6: every failure is closed)."""
     return CheckResult(
         check, "error", f"could not run: {finding.detail}", (finding,), {}, error or ERRORS[check]
     )
