@@ -52,11 +52,18 @@ class PolicyError(EnclaveError):
     exit_code = 8
 
 
+# -- malformed documents ----------------------------------------------------------------------------
+class DocumentLimitError(ValueError):
+    """A document over its size cap or nesting bound (FORMAT.md, "Parses strictly"): refused
+    before it is parsed. A ValueError, so MALFORMED_DOCUMENT covers it; a caller reading an
+    archive member turns it into UnsafeArchiveError (6), a trust document into its own class."""
+
+
 # What parsing a JSON document into a typed object raises when the document is malformed
-# (bad JSON or UTF-8, a missing key, a wrong type or value): callers turn it into their one-line
-# typed error naming the file.
+# (bad JSON or UTF-8, a duplicate or missing key, a wrong type or value, a size or depth over its
+# bound): callers turn it into their one-line typed error naming the file.
 MALFORMED_DOCUMENT: tuple[type[Exception], ...] = (
-    ValueError,  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+    ValueError,  # json.JSONDecodeError, UnicodeDecodeError and DocumentLimitError are ValueErrors
     KeyError,
     TypeError,
     AttributeError,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from enclave.bundle.tarformat import member_header, padding, trailer_size
+from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
+from tests.conftest import Keys
 
 
 @dataclass
@@ -54,3 +60,18 @@ def join(parts: list[Part], path: Path) -> Path:
     out += b"\x00" * trailer_size(len(out))
     path.write_bytes(bytes(out))
     return path
+
+
+def resign(bundle: Path, keys: Keys, out: Path, edit: Callable[[dict[str, Any]], Any]) -> Path:
+    """Change the statement and sign it again with the trusted build keys (an insider's bundle).
+    `edit` changes the statement in place, or returns the new payload bytes (for what a dict
+    cannot hold, such as a duplicate key)."""
+    parts = split(bundle)
+    statement = json.loads(base64.b64decode(json.loads(parts[0].data)["payload"]))
+    payload = edit(statement)
+    if not isinstance(payload, bytes):
+        payload = json.dumps(statement, sort_keys=True).encode()
+    envelope = Envelope(IN_TOTO_PAYLOAD_TYPE, payload)
+    envelope.sign(keys.ecdsa)
+    envelope.sign(keys.mldsa)
+    return join([parts[0].with_data(envelope.to_json()), *parts[1:]], out)

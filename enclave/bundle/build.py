@@ -45,6 +45,7 @@ from enclave.bundle.tarformat import (
     ENVELOPE_NAME,
     SBOM_NAME,
     check_name,
+    check_tree,
     collision_key,
     member_header,
     member_span,
@@ -137,6 +138,10 @@ def collect(manifest: Manifest) -> tuple[list[tuple[ComponentEntry, list[SourceF
             everything += files
     finally:
         exporter.close()
+    try:  # a file that is also another's directory (`a` and `A/x`): extraction would fail
+        check_tree([*taken.values()])
+    except UnsafeArchiveError as exc:
+        raise UsageError(f"{manifest.source}: {exc}") from None
     return groups, everything
 
 

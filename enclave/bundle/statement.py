@@ -6,23 +6,31 @@ reader of the format; parsing is strict (unknown or missing fields are errors).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 from enclave.bundle.digest import chunk_count, combine, new_hash
-from enclave.bundle.tarformat import ENVELOPE_NAME, check_name, collision_key
-from enclave.errors import IntegrityError, UnsafeArchiveError
+from enclave.bundle.tarformat import CONTENT_PREFIX, ENVELOPE_NAME, check_name, check_tree, collision_key
+from enclave.errors import DocumentLimitError, IntegrityError, UnsafeArchiveError
+from enclave.strictjson import strict_json
+from enclave.trust.dsse import MAX_ENVELOPE
 from enclave.trust.root import canonical, parse_time
+from enclave.trust.state import SemVer
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "urn:enclave:predicate:bundle:v1"
-KINDS = ("model", "image", "playbooks", "agent", "policy", "files", "wheelhouse", "trust")
+KINDS = ("model", "image", "playbooks", "agent", "policy", "guard", "files", "wheelhouse", "trust")
 MODES = {"0644": 0o644, "0755": 0o755}
 HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 MIN_CHUNK, MAX_CHUNK = 1 << 20, 1 << 30
+MAX_MEMBER_SIZE = 1 << 50  # bytes of one member, inclusive (FORMAT.md 3)
+# FORMAT.md 3: a bundle or component name is one safe path segment (the manifest schema's
+# pattern: bundles/NAME/VERSION.dsse.json and content/NAME/ are built from them); a version is
+# a semantic version 2.0.0 of at most MAX_VERSION characters.
+NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
+MAX_VERSION = 128
 
 
 def _plain(algorithm: str, data: bytes) -> str:
@@ -185,12 +193,16 @@ class BundleStatement:
 
     @classmethod
     def from_payload(cls, payload: bytes) -> BundleStatement:
+        """Parse strictly (strictjson.strict_json, then every rule of FORMAT.md 3): IntegrityError;
+        an oversize or too deeply nested payload, an unsafe name or version: UnsafeArchiveError."""
         try:
-            doc = json.loads(payload)
+            doc = strict_json(payload, MAX_ENVELOPE)
             return _parse(doc)
         except UnsafeArchiveError:
             raise
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        except DocumentLimitError as exc:
+            raise UnsafeArchiveError(f"{ENVELOPE_NAME}: statement {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"{ENVELOPE_NAME}: invalid statement: {exc}") from None
 
 
@@ -219,6 +231,29 @@ def _hex(value: Any, algorithm: str, where: str) -> str:
     text = _str(value, where)
     if len(text) != HEX_LENGTH[algorithm] or text.strip("0123456789abcdef"):
         raise ValueError(f"{where} is not a lowercase hex {algorithm} digest")
+    return text
+
+
+def _safe_name(value: Any, where: str) -> str:
+    """A name that becomes a path segment (bundles/NAME/, content/NAME/): UnsafeArchiveError."""
+    text = _str(value, where)
+    if not NAME.fullmatch(text):
+        raise UnsafeArchiveError(
+            f"{ENVELOPE_NAME}: {where} {text[:80]!r} is not a name (one path segment of [a-z0-9-],"
+            " at most 64 characters, no '-' at either end)"
+        )
+    return text
+
+
+def _safe_version(value: Any, where: str) -> str:
+    """A semantic version (it becomes the file name VERSION.dsse.json): UnsafeArchiveError."""
+    text = _str(value, where)
+    try:
+        if len(text) > MAX_VERSION:
+            raise ValueError(f"longer than {MAX_VERSION} characters")
+        SemVer.parse(text)
+    except ValueError as exc:
+        raise UnsafeArchiveError(f"{ENVELOPE_NAME}: {where} {text[:80]!r}: {exc}") from None
     return text
 
 
@@ -255,9 +290,11 @@ def _parse(doc: Any) -> BundleStatement:
     pred = _fields(
         doc["predicate"],
         {"name", "version", "created", "digest", "chunkSize", "components", "members"},
-        {"base", "volumes"},
+        {"base"},
         "predicate",
     )
+    name = _safe_name(pred["name"], "predicate.name")
+    version = _safe_version(pred["version"], "predicate.version")
     algorithm = _str(pred["digest"], "predicate.digest")
     if algorithm not in HEX_LENGTH:
         raise ValueError(f"unsupported digest {algorithm!r}")
@@ -276,16 +313,20 @@ def _parse(doc: Any) -> BundleStatement:
         where = f"predicate.members[{index}]"
         _fields(subject, {"name", "digest"}, set(), f"subject[{index}]")
         _fields(entry, {"name", "size", "mode"}, {"chunks", "plainDigest", "carried"}, where)
-        name = _str(entry["name"], f"{where}.name")
-        if subject["name"] != name:
+        member = _str(entry["name"], f"{where}.name")
+        if subject["name"] != member:
             raise ValueError(f"subject[{index}] and {where} name different members")
-        check_name(name)
-        if name == ENVELOPE_NAME or collision_key(name) in keys:
-            raise UnsafeArchiveError(f"member {name!r}: listed twice or colliding in the statement")
-        keys.add(collision_key(name))
+        check_name(member)
+        if member == ENVELOPE_NAME or collision_key(member) in keys:
+            raise UnsafeArchiveError(f"member {member!r}: listed twice or colliding in the statement")
+        keys.add(collision_key(member))
         digests = _fields(subject["digest"], {algorithm}, set(), f"subject[{index}].digest")
         digest = _hex(digests[algorithm], algorithm, f"subject[{index}].digest")
-        size = _int(entry["size"], f"{where}.size", 0, 1 << 50)
+        if isinstance(entry["size"], int) and entry["size"] > MAX_MEMBER_SIZE:
+            raise UnsafeArchiveError(
+                f"member {member!r}: {entry['size']} bytes exceeds the {MAX_MEMBER_SIZE} byte cap of a member"
+            )
+        size = _int(entry["size"], f"{where}.size", 0, MAX_MEMBER_SIZE)
         mode = MODES.get(_str(entry["mode"], f"{where}.mode"))
         if mode is None:
             raise ValueError(f"{where}.mode must be one of {', '.join(MODES)}")
@@ -307,33 +348,15 @@ def _parse(doc: Any) -> BundleStatement:
         else:
             plain = ""
         carried = _carried(entry, where, expected_chunks, "base" in pred)
-        members.append(Member(name, size, mode, digest, chunks, plain, carried))
-    listed = {m.name for m in members}
-    components: list[ComponentEntry] = []
-    for index, entry in enumerate(pred["components"]):
-        where = f"predicate.components[{index}]"
-        _fields(entry, {"name", "kind", "members"}, {"format", "image"}, where)
-        if entry["kind"] not in KINDS:
-            raise ValueError(f"{where}.kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
-        names = tuple(_str(n, f"{where}.members") for n in entry["members"])
-        if any(n not in listed for n in names):
-            raise ValueError(f"{where} names a member that is not in the statement")
-        fmt = entry.get("format")
-        components.append(
-            ComponentEntry(
-                _str(entry["name"], f"{where}.name"),
-                entry["kind"],
-                names,
-                fmt and _str(fmt, where),
-                _image(entry, where),
-            )
-        )
-    if "base" in pred:
-        _base(pred["base"])
-    extra: dict[str, Any] = {k: pred[k] for k in ("base", "volumes") if k in pred}
+        members.append(Member(member, size, mode, digest, chunks, plain, carried))
+    check_tree([ENVELOPE_NAME, *(m.name for m in members)])
+    components = _components(pred["components"], [m.name for m in members])
+    if "base" in pred and _base(pred["base"]).name != name:
+        raise ValueError(f"predicate.base names bundle {pred['base']['name']!r}, not {name!r}")
+    extra: dict[str, Any] = {k: pred[k] for k in ("base",) if k in pred}
     return BundleStatement(
-        name=_str(pred["name"], "predicate.name"),
-        version=_str(pred["version"], "predicate.version"),
+        name=name,
+        version=version,
         created=pred["created"],
         digest=algorithm,
         chunk_size=chunk_size,
@@ -341,6 +364,40 @@ def _parse(doc: Any) -> BundleStatement:
         members=tuple(members),
         extra=extra,
     )
+
+
+def _components(raw: Any, members: list[str]) -> list[ComponentEntry]:
+    """The components; their members are exactly the statement's content members, in
+    component order, each component's under content/<component>/ and sorted by UTF-8 bytes."""
+    if not isinstance(raw, list):
+        raise ValueError("predicate.components must be a list")
+    components: list[ComponentEntry] = []
+    for index, entry in enumerate(raw):
+        where = f"predicate.components[{index}]"
+        _fields(entry, {"name", "kind", "members"}, {"format", "image"}, where)
+        component = _safe_name(entry["name"], f"{where}.name")
+        if any(c.name == component for c in components):
+            raise ValueError(f"{where}: component {component!r} is listed twice")
+        if entry["kind"] not in KINDS:
+            raise ValueError(f"{where}.kind {entry['kind']!r} is not one of {', '.join(KINDS)}")
+        if not isinstance(entry["members"], list):
+            raise ValueError(f"{where}.members must be a list")
+        names = tuple(_str(n, f"{where}.members") for n in entry["members"])
+        prefix = f"{CONTENT_PREFIX}{component}/"
+        if any(not n.startswith(prefix) for n in names):
+            raise ValueError(f"{where}: every member must be under {prefix}")
+        if list(names) != sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
+            raise ValueError(f"{where}: members are not sorted by their UTF-8 bytes")
+        fmt = entry.get("format")
+        components.append(
+            ComponentEntry(component, entry["kind"], names, fmt and _str(fmt, where), _image(entry, where))
+        )
+    content = [n for n in members if n.startswith(CONTENT_PREFIX)]
+    if [n for c in components for n in c.members] != content:
+        raise ValueError("the content members are not the components' members in component order")
+    if members[len(members) - len(content) :] != content:
+        raise ValueError("a member outside content/ follows the content members")
+    return components
 
 
 def _carried(entry: dict[str, Any], where: str, chunks: int, differential: bool) -> tuple[int, ...] | None:
@@ -371,7 +428,9 @@ def _base(raw: Any) -> BaseRef:
     if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
         raise ValueError("predicate.base.statementDigest.sha256 must be a sha256 hex digest")
     return BaseRef(
-        _str(doc["name"], "predicate.base.name"), _str(doc["version"], "predicate.base.version"), digest
+        _safe_name(doc["name"], "predicate.base.name"),
+        _safe_version(doc["version"], "predicate.base.version"),
+        digest,
     )
 
 

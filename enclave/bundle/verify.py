@@ -4,8 +4,10 @@ Order of checks (FORMAT.md, "Verification"):
 1. the trust root itself (expiry at one fixed time, its own signatures);
 2. the first member is the envelope; its signatures meet the `bundle` role (threshold of
    distinct trusted keys and the hybrid rule) before one byte of content is read;
-3. every following tar header: safe type and name, listed in the statement, in order, the
-   signed size, and byte-identical to the canonical header;
+3. every tar header (the envelope's too, before its signatures): its raw block first
+   (checksum, typeflag `0` or `x`, an extended header's size cap and records), then a safe
+   name, listed in the statement, in order, the signed size, byte-identical to the canonical
+   header;
 4. every chunk of every member hashed on all cores; with extraction, a chunk is written
    to the staging directory only after its digest matched;
 5. the archive ends exactly where the statement says; then the staging directory is
@@ -28,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enclave.bundle.digest import default_workers, hash_range, new_hash
+from enclave.bundle.digest import default_workers, digest_files, hash_range, new_hash
 from enclave.bundle.output import aligned_buffer, aligned_length, direct_suits, open_direct, pwrite_all
 from enclave.bundle.source import ArchiveSource
 from enclave.bundle.statement import BundleStatement, Member, base_of
@@ -36,7 +38,10 @@ from enclave.bundle.store import ContentStore, StoreStaging
 from enclave.bundle.tarformat import (
     BLOCK,
     ENVELOPE_NAME,
+    PAX,
+    check_header_block,
     check_name,
+    check_pax_records,
     collision_key,
     member_header,
     padding,
@@ -45,11 +50,10 @@ from enclave.bundle.tarformat import (
 from enclave.errors import EnclaveError, IntegrityError, TrustError, UnsafeArchiveError, UsageError
 from enclave.progress import Progress
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope, verify_signatures
+from enclave.trust.dsse import MAX_ENVELOPE as MAX_ENVELOPE  # re-exported: the agent reads it here
 from enclave.trust.keys import PublicKey
 from enclave.trust.root import RoleCheck, TrustRoot
 
-MAX_ENVELOPE = 64 * 1024 * 1024
-MAX_EXTENDED_HEADER = 64 * 1024
 DEFAULT_MAX_BYTES = 1 << 42  # 4 TiB: the "endless data" cap; --max-size changes it
 
 
@@ -73,20 +77,25 @@ class VerifyResult:
     extracted_to: Path | None = None
 
 
-def _peek_typeflag(source: ArchiveSource, offset: int) -> None:
-    """Refuse oversize extended headers before tarfile reads them into memory."""
-    if offset + BLOCK > source.size:
-        return
-    block = source.read_exact(offset, BLOCK, "a tar header")
-    if block[156:157] in (b"x", b"g", b"L", b"K"):
-        try:
-            size = int(block[124:136].rstrip(b"\x00 ") or b"0", 8)
-        except ValueError:
-            return  # tarfile will reject the header itself
-        if size > MAX_EXTENDED_HEADER:
-            raise UnsafeArchiveError(
-                f"{source.locate(offset)}: extended tar header of {size} bytes at offset {offset}"
-            )
+def check_raw_header(source: ArchiveSource, offset: int) -> None:
+    """The header (or `x` + ustar pair) at `offset`, checked before tarfile parses it: only the
+    typeflags and pax records the format writes, an extended header's size capped before it
+    is read, checksums (tarformat.check_header_block). A truncated or zero block is left to
+    the end-of-archive checks."""
+    after_pax = False
+    while offset + BLOCK <= source.size:
+        block = source.read_exact(offset, BLOCK, "a tar header")
+        if block == bytes(BLOCK):
+            return
+        where = f"{source.locate(offset)}: tar header at offset {offset}"
+        size = check_header_block(block, where, after_pax)
+        if after_pax or block[156:157] != PAX:
+            return
+        if offset + BLOCK + size > source.size:
+            return  # truncated inside the records: tarfile and the trailer check say so (3)
+        check_pax_records(source.read_exact(offset + BLOCK, size, "an extended tar header"), where)
+        offset += BLOCK + size + padding(size)
+        after_pax = True
 
 
 def _check_type(info: tarfile.TarInfo) -> None:
@@ -104,7 +113,7 @@ def _check_type(info: tarfile.TarInfo) -> None:
 
 
 def open_archive(source: ArchiveSource) -> tarfile.TarFile:
-    _peek_typeflag(source, 0)
+    check_raw_header(source, 0)
     try:
         return tarfile.open(fileobj=source.open(), mode="r:")
     except tarfile.TarError as exc:
@@ -139,7 +148,7 @@ def read_envelope(source: ArchiveSource, tar: tarfile.TarFile | None = None) -> 
     if info.offset_data + info.size > source.size:
         raise IntegrityError(f"{source.name}: truncated inside {ENVELOPE_NAME}")
     raw = source.read_exact(info.offset_data, info.size, ENVELOPE_NAME)
-    envelope = Envelope.from_json(raw, ENVELOPE_NAME)
+    envelope = Envelope.from_json(raw, ENVELOPE_NAME, MAX_ENVELOPE, UnsafeArchiveError)
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise TrustError(
             f"{ENVELOPE_NAME}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}"
@@ -173,9 +182,11 @@ class _ContentCheck:
         progress: Progress | None,
         store: ContentStore | None = None,
         keep: StoreStaging | None = None,
+        index: VolumeIndex | None = None,
     ) -> None:
         self.store = store
         self.keep = keep
+        self.index = index
         self.source = source
         self.statement = statement
         self.staging = staging
@@ -263,11 +274,7 @@ class _ContentCheck:
                 digest = hasher.digest()
             if digest.hex() != expected:
                 where = f"chunk {index} " if member.chunks else ""
-                volume = (
-                    f" [in {self.source.locate(offset).name}]"
-                    if offset is not None and len(self.source.paths) > 1
-                    else ""
-                )
+                volume = self._volumes(offset, length) if offset is not None else ""
                 raise IntegrityError(f"member {member.name!r}: {where}digest mismatch{volume}")
             if target is not None:
                 view.release()
@@ -282,6 +289,27 @@ class _ContentCheck:
             self._fail(IntegrityError(f"member {member.name!r}: {exc.strerror or exc}"))
         finally:
             self.window.release()
+
+    def _volumes(self, offset: int, length: int) -> str:
+        """` [in VOLUME]`: the volume holding the damaged bytes of a chunk ("" for a single
+        file). A chunk may span volumes: then, with the signed volume index, the spanned
+        volumes whose signed digest fails (only on this failure path); without it, all of them."""
+        if len(self.source.paths) == 1:
+            return ""
+        first = self.source.paths.index(self.source.locate(offset))
+        last = self.source.paths.index(self.source.locate(offset + max(length, 1) - 1))
+        spanned = self.source.paths[first : last + 1]
+        index = self.index
+        if len(spanned) > 1 and index is not None:
+            signed = {v.name: v.digest for v in index.volumes}
+
+            def damaged(path: Path) -> bool:
+                (found,) = digest_files([path], index.algorithm, index.chunk_size)
+                return path.name in signed and found.digest.hex() != signed[path.name]
+
+            spanned = [p for p in spanned if damaged(p)] or spanned
+        names = [p.name for p in spanned]
+        return f" [in {names[0]}]" if len(names) == 1 else f" [in {', '.join(names)}: the chunk spans them]"
 
     def _write(self, target: Path, member: Member, index: int, buffer: mmap.mmap, length: int) -> None:
         """Write one verified chunk from the buffer it was hashed in; the member's last chunk
@@ -331,7 +359,7 @@ def _walk_members(
     while True:
         if content.failure is not None:  # a chunk already failed: report that, not what follows
             raise content.failure
-        _peek_typeflag(source, tar.offset)
+        check_raw_header(source, tar.offset)
         try:
             info = tar.next()
         except tarfile.TarError as exc:
@@ -465,6 +493,7 @@ def check_archive(
     show_progress: bool = True,
     store: ContentStore | None = None,
     keep: StoreStaging | None = None,
+    index: VolumeIndex | None = None,
 ) -> None:
     """Everything but the signatures: headers, order, sizes, chunk digests, the exact end.
 
@@ -476,7 +505,8 @@ def check_archive(
     """
     _check_header(source, envelope.info, 0o644, statement.mtime)  # its header was read before trust
     progress = Progress("verify", statement.total_size) if show_progress else None
-    content = _ContentCheck(source, statement, staging, workers or default_workers(), progress, store, keep)
+    workers = workers or default_workers()
+    content = _ContentCheck(source, statement, staging, workers, progress, store, keep, index)
     try:
         try:
             end = _walk_members(source, tar, statement, content)
@@ -491,6 +521,7 @@ def check_archive(
 
 
 if TYPE_CHECKING:  # verify_bundle's state and receipt hooks (imported in the function at run time)
+    from enclave.bundle.volumes import VolumeIndex
     from enclave.trust.receipts import Evidence
     from enclave.trust.state import StateDir
 
@@ -507,6 +538,8 @@ def verify_bundle(
     evidence: Evidence | None = None,
     record: bool = True,
     keep: bool = True,
+    audit: bool = False,
+    index: VolumeIndex | None = None,
 ) -> VerifyResult:
     """Verify a bundle (one file or its volumes in order) against `root`, as of `now`.
 
@@ -514,14 +547,22 @@ def verify_bundle(
     `root` is a valid rotation of it (None: use the stored one); older versions, or an equal
     version with other content, are refused (exit 5); on success the rollback record and the
     root in use are stored before anything is published (`record=False`: checked, not
-    written). Without `state` nothing is checked or kept (an auditor's re-check with --at,
-    or a library caller that keeps its own state).
+    written). Without `state` nothing is checked or kept (a library caller that keeps its own
+    state).
     A bundle's `trust` component is applied to the root before its signatures are checked.
     `evidence` is filled as the checks run, so a receipt can describe a failure too.
     With `state`, a differential bundle takes its base chunks from the content store there,
     and a published bundle is kept in it (`keep=False`: not kept): its files by hard link when
     the store is on the extraction's filesystem, else its chunks (store.StoreStaging).
+    `audit` (--at): an auditor's re-check of evidence as of `now`: the stored root still
+    decides (a key it revoked stays revoked), the rollback record is not consulted, nothing is
+    recorded, and it never extracts (UsageError with `extract_to`).
+    `index`: the signed volume index of `paths` (volumes.resolve), to name the damaged volume
+    when a damaged chunk spans two.
     """
+    if audit and extract_to is not None:
+        raise UsageError("an audit re-check (--at) never extracts: it re-checks evidence, never publishes")
+    record = record and not audit
     # Imported here: this function is the only part of this module that knows about state.
     from enclave.trust import rotation
     from enclave.trust.receipts import Evidence
@@ -574,12 +615,14 @@ def verify_bundle(
             root=root,
             checks=checks,
         )
-        if state is not None:  # early, so a rollback is refused before hours of hashing
+        if state is not None and not audit:  # early, so a rollback is refused before hours of hashing
             checks.append(
                 state.read_rollback().check(
                     statement.name, statement.version, result.statement_digest, root.version
                 )
             )
+        elif audit:
+            checks.append("rollback: not consulted (an audit re-check records and publishes nothing)")
         if statement.total_size > max_bytes:
             raise UnsafeArchiveError(
                 f"{ENVELOPE_NAME}: {statement.total_size} bytes of content exceed the {max_bytes} byte cap"
@@ -592,7 +635,7 @@ def verify_bundle(
             # on their filesystem, else as chunks written as they verify; committed below.
             if store is not None and keep and staging is not None and state is not None and record:
                 kept = store.staging(statement, staging)
-            check_archive(source, tar, member, statement, staging, workers, show_progress, store, kept)
+            check_archive(source, tar, member, statement, staging, workers, show_progress, store, kept, index)
             checks += [
                 f"archive: {len(statement.members)} members, canonical headers, exact end",
                 f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",

@@ -9,7 +9,6 @@ across them (enclave.bundle.source) without reassembling a copy.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -20,15 +19,29 @@ from typing import Any
 from enclave.bundle.digest import digest_files
 from enclave.bundle.output import open_output, volume_path
 from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import HEX_LENGTH, STATEMENT_TYPE, BundleStatement
+from enclave.bundle.statement import (
+    HEX_LENGTH,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    STATEMENT_TYPE,
+    BundleStatement,
+    _fields,
+    _hex,
+    _int,
+)
 from enclave.bundle.verify import check_signatures, read_envelope
-from enclave.errors import IntegrityError, TrustError, UsageError
-from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
+from enclave.errors import DocumentLimitError, IntegrityError, TrustError, UsageError
+from enclave.strictjson import strict_json
+from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot, canonical
 
 VOLUMES_PREDICATE = "urn:enclave:predicate:volumes:v1"
 VOLUME_SUFFIX = re.compile(r"\.bundle\.(\d{3})$")
+INDEX_SUFFIX = ".volumes.dsse.json"
+# FORMAT.md 13: the `bundle` field, NAME-VERSION.bundle, one path segment.
+BUNDLE_FILE = re.compile(r"[a-z0-9][0-9A-Za-z.+-]{0,200}\.bundle", re.ASCII)
+MAX_VOLUMES = 1000  # .000 to .999
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,7 @@ class VolumeIndex:
 def index_path(bundle: Path) -> Path:
     """`out/a-1.0.0.bundle` (or any of its volumes) -> `out/a-1.0.0.volumes.dsse.json`."""
     name = VOLUME_SUFFIX.sub(".bundle", bundle.name)
-    return bundle.with_name(name.removesuffix(".bundle") + ".volumes.dsse.json")
+    return bundle.with_name(name.removesuffix(".bundle") + INDEX_SUFFIX)
 
 
 def write_index(
@@ -93,9 +106,12 @@ def write_index(
 
 
 def load_index(path: Path, root: TrustRoot) -> VolumeIndex:
-    """Read the index and check its signatures meet the bundle role's rule."""
+    """Read the index, check its signatures meet the bundle role's rule, parse it strictly and
+    bind it to its own file name: `NAME-VERSION.volumes.dsse.json` must say `bundle`
+    `NAME-VERSION.bundle` (an index copied over another bundle's is refused, 3)."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_ENVELOPE + 1)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read volume index: {exc.strerror}") from None
     envelope = Envelope.from_json(raw, path.name)
@@ -103,32 +119,58 @@ def load_index(path: Path, root: TrustRoot) -> VolumeIndex:
         raise TrustError(f"{path.name}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}")
     check_signatures(envelope, root, path.name)
     try:
-        return _parse(path, json.loads(envelope.payload))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        index = _parse(path, strict_json(envelope.payload, MAX_ENVELOPE))
+    except DocumentLimitError as exc:
+        raise TrustError(f"{path.name}: volume index {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"{path.name}: invalid volume index: {exc}") from None
+    expected = index.bundle.removesuffix(".bundle") + INDEX_SUFFIX
+    if path.name != expected:
+        raise IntegrityError(
+            f"{path}: the index of {index.bundle} (named {expected}), not of the bundle this file"
+            " name stands for: an index is bound to its name"
+        )
+    return index
 
 
-def _parse(path: Path, doc: dict[str, Any]) -> VolumeIndex:
+def _parse(path: Path, doc: Any) -> VolumeIndex:
+    _fields(doc, {"_type", "subject", "predicateType", "predicate"}, set(), "index")
     if doc["_type"] != STATEMENT_TYPE or doc["predicateType"] != VOLUMES_PREDICATE:
         raise ValueError("not an enclave volume index")
-    pred = doc["predicate"]
+    pred = _fields(
+        doc["predicate"],
+        {"bundle", "statementDigest", "digest", "chunkSize", "volumeSize", "volumes"},
+        set(),
+        "predicate",
+    )
+    bundle = pred["bundle"]
+    if not isinstance(bundle, str) or not BUNDLE_FILE.fullmatch(bundle):
+        raise ValueError(f"predicate.bundle {str(bundle)[:80]!r} is not a file name NAME-VERSION.bundle")
     algorithm = pred["digest"]
     if algorithm not in HEX_LENGTH:
         raise ValueError(f"unsupported digest {algorithm!r}")
+    statement = _fields(pred["statementDigest"], {"sha256"}, set(), "predicate.statementDigest")
+    statement_digest = _hex(statement["sha256"], "sha256", "predicate.statementDigest.sha256")
+    chunk_size = _int(pred["chunkSize"], "predicate.chunkSize", MIN_CHUNK, MAX_CHUNK)
+    volume_size = _int(pred["volumeSize"], "predicate.volumeSize", 1, 1 << 50)
+    if not isinstance(doc["subject"], list) or not isinstance(pred["volumes"], list):
+        raise ValueError("subject and predicate.volumes must be lists")
+    if not 0 < len(pred["volumes"]) <= MAX_VOLUMES or len(doc["subject"]) != len(pred["volumes"]):
+        raise ValueError(f"subject and predicate.volumes must list the same 1 to {MAX_VOLUMES} volumes")
     volumes = []
-    for subject, entry in zip(doc["subject"], pred["volumes"], strict=True):
-        name = entry["name"]
-        if subject["name"] != name or "/" in name or not VOLUME_SUFFIX.search(name):
-            raise ValueError(f"bad volume entry {name!r}")
-        if not isinstance(entry["size"], int) or entry["size"] < 0:
-            raise ValueError(f"volume {name}: bad size")
-        volumes.append(Volume(name, entry["size"], str(subject["digest"][algorithm])))
-    if [v.name for v in volumes] != [f"{pred['bundle']}.{i:03d}" for i in range(len(volumes))]:
-        raise ValueError("volumes are not numbered .000, .001, ... in order")
-    return VolumeIndex(
-        path, pred["bundle"], pred["statementDigest"]["sha256"], algorithm, int(pred["chunkSize"]),
-        int(pred["volumeSize"]), tuple(volumes),
-    )  # fmt: skip
+    for number, (subject, entry) in enumerate(zip(doc["subject"], pred["volumes"], strict=True)):
+        name = f"{bundle}.{number:03d}"
+        _fields(subject, {"name", "digest"}, set(), f"subject[{number}]")
+        _fields(entry, {"name", "size"}, set(), f"predicate.volumes[{number}]")
+        if subject["name"] != name or entry["name"] != name:
+            raise ValueError(f"volume {number} must be named {name!r} in subject and predicate.volumes")
+        last = number == len(pred["volumes"]) - 1
+        size = _int(entry["size"], f"volume {name}: size", 1, volume_size)
+        if not last and size != volume_size:
+            raise ValueError(f"volume {name}: {size} bytes; every volume but the last has volumeSize")
+        digest = _fields(subject["digest"], {algorithm}, set(), f"subject[{number}].digest")[algorithm]
+        volumes.append(Volume(name, size, _hex(digest, algorithm, f"subject[{number}].digest")))
+    return VolumeIndex(path, bundle, statement_digest, algorithm, chunk_size, volume_size, tuple(volumes))
 
 
 def check_volume(volume: Path, index: VolumeIndex) -> Volume:
@@ -164,6 +206,8 @@ def resolve(path: Path, root: TrustRoot) -> tuple[list[Path], VolumeIndex | None
     if not index_file.exists():
         raise UsageError(f"{index_file}: volume index missing (it travels with the volumes)")
     index = load_index(index_file, root)
+    if VOLUME_SUFFIX.search(path.name) and path.name not in {v.name for v in index.volumes}:
+        raise IntegrityError(f"{path}: not a volume of {index.bundle} ({len(index.volumes)} volumes)")
     for volume, entry in zip(index.paths(), index.volumes, strict=True):
         if not volume.is_file():
             raise IntegrityError(f"{volume}: volume missing")
@@ -172,7 +216,28 @@ def resolve(path: Path, root: TrustRoot) -> tuple[list[Path], VolumeIndex | None
             raise IntegrityError(
                 f"{volume}: {size} bytes, the index signs {entry.size} (truncated or padded volume)"
             )
+    bind(index, index.paths())
     return index.paths(), index
+
+
+def bind(index: VolumeIndex, paths: Sequence[Path]) -> None:
+    """The index names the statement these volumes carry (`statementDigest`), and that statement
+    is bundle `index.bundle`: else an index of another bundle, or volumes of another (3). The
+    envelope's signatures are checked later, by the verification itself."""
+    with ArchiveSource(paths) as source:
+        payload = read_envelope(source).envelope.payload
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != index.statement_digest:
+        raise IntegrityError(
+            f"{index.path.name}: names statement sha256 {index.statement_digest[:16]}, the volumes carry"
+            f" {digest[:16]} (the index or the volumes are another bundle's)"
+        )
+    statement = BundleStatement.from_payload(payload)
+    if index.bundle != f"{statement.name}-{statement.version}.bundle":
+        raise IntegrityError(
+            f"{index.path.name}: says bundle {index.bundle};"
+            f" its statement is {statement.name} {statement.version}"
+        )
 
 
 def split_bundle(bundle: Path, volume_size: int, keys: Sequence[SigningKey]) -> tuple[list[Path], Path]:
@@ -180,6 +245,9 @@ def split_bundle(bundle: Path, volume_size: int, keys: Sequence[SigningKey]) -> 
     with ArchiveSource([bundle]) as source:
         member = read_envelope(source)
         statement = BundleStatement.from_payload(member.envelope.payload)
+        expected = f"{statement.name}-{statement.version}.bundle"
+        if bundle.name != expected:
+            raise UsageError(f"{bundle}: this bundle must be named {expected} to be split")
         with open_output(bundle, volume_size) as sink:
             fd = os.open(bundle, os.O_RDONLY)
             try:

@@ -12,10 +12,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from enclave.errors import TrustError
+from enclave.errors import DocumentLimitError, EnclaveError, TrustError
+from enclave.strictjson import strict_json
 from enclave.trust.keys import PublicKey, SigningKey
 
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+MAX_ENVELOPE = 64 * 1024 * 1024  # FORMAT.md 5 step 2: the cap on BUNDLE.dsse.json and a volume index
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -53,10 +55,20 @@ class Envelope:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
 
     @classmethod
-    def from_json(cls, data: bytes, source: str = "envelope") -> Envelope:
+    def from_json(
+        cls,
+        data: bytes,
+        source: str = "envelope",
+        max_bytes: int = MAX_ENVELOPE,
+        limit_error: type[EnclaveError] = TrustError,
+    ) -> Envelope:
+        """Parse strictly (strictjson.strict_json; TrustError). Over `max_bytes` or too deeply nested:
+        `limit_error` (UnsafeArchiveError for an archive member)."""
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = strict_json(data, max_bytes)
+        except DocumentLimitError as exc:
+            raise limit_error(f"{source}: {exc}") from None
+        except ValueError as exc:
             raise TrustError(f"{source}: not a DSSE envelope: {exc}") from None
         if not isinstance(doc, dict) or set(doc) != {"payload", "payloadType", "signatures"}:
             raise TrustError(f"{source}: not a DSSE envelope (fields payload, payloadType, signatures)")

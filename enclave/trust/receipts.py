@@ -20,7 +20,6 @@ exactly the bytes of its log line). docs/FORMAT.md section 8 is the reference.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import socket
@@ -31,9 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from enclave import __version__
-from enclave.errors import EnclaveError, IntegrityError, TrustError, UsageError
+from enclave.errors import (
+    MALFORMED_DOCUMENT,
+    EnclaveError,
+    IntegrityError,
+    TrustError,
+    UsageError,
+)
 from enclave.runtime.audit.merkle import leaf_hash
 from enclave.runtime.audit.records import GENESIS_PREV
+from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import PublicKey, SigningKey
 from enclave.trust.root import TrustRoot, canonical, format_time
@@ -130,13 +136,13 @@ class _Tail:
 def _parse_line(line: bytes, where: str) -> tuple[Envelope, dict[str, Any]]:
     """One log line: a strict envelope over a receipt in canonical form; raises IntegrityError."""
     try:
-        envelope = Envelope.from_json(line, where)
+        envelope = Envelope.from_json(line, where, MAX_LINE)
     except TrustError as exc:
         raise IntegrityError(str(exc)) from None
     if envelope.payload_type != RECEIPT_PAYLOAD_TYPE:
         raise IntegrityError(f"{where}: payload type {envelope.payload_type!r} is not a receipt")
     try:
-        doc = json.loads(envelope.payload)
+        doc = strict_json(envelope.payload, MAX_LINE)
         if (
             not isinstance(doc, dict)
             or doc.get("_type") != RECEIPT_TYPE
@@ -147,7 +153,7 @@ def _parse_line(line: bytes, where: str) -> tuple[Envelope, dict[str, Any]]:
         seq, prev = position["seq"], position["prev"]
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(prev, str):
             raise ValueError("log.seq and log.prev are malformed")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+    except MALFORMED_DOCUMENT as exc:
         raise IntegrityError(f"{where}: unreadable receipt ({exc})") from None
     return envelope, doc
 
@@ -265,7 +271,7 @@ def record(
             raise
         error.args = (f"{error} (and no receipt was written: {failure})",)
         return {"seq": None, "hash": None}
-    seq = json.loads(Envelope.from_json(line).payload)["log"]["seq"]
+    seq = _parse_line(line, str(log.path))[1]["log"]["seq"]
     return {"seq": seq, "hash": leaf_hash(line).hex()}
 
 
@@ -354,7 +360,8 @@ def analyse_log(
 
 def _check_witness(path: Path, lines: Sequence[bytes], report: ReceiptReport) -> None:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_LINE + 2)  # a line and its newline; more is refused as damage
     except OSError as exc:
         raise UsageError(f"{path}: cannot read witness receipt: {exc.strerror}") from None
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,12 +20,23 @@ from typing import Any
 
 from securesystemslib.formats import encode_canonical
 
-from enclave.errors import MALFORMED_DOCUMENT, TrustError, UsageError
+from enclave.errors import (
+    MALFORMED_DOCUMENT,
+    DocumentLimitError,
+    EnclaveError,
+    TrustError,
+    UsageError,
+)
+from enclave.strictjson import strict_json
 from enclave.trust.keys import TUF_KEYTYPE, PublicKey, SigningKey
 
 ROLES = ("root", "bundle", "approver", "audit")
 SPEC_VERSION = "1.0.31"
+SPEC_VERSION_SYNTAX = re.compile(r"1\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)", re.ASCII)  # TUF 1.x, FORMAT.md 4
 HYBRID_FIELD = "x-enclave-hybrid"
+MAX_ROOT_BYTES = 1 << 20  # a root with dozens of ML-DSA keys is under 200 KB; cap before reading
+SIGNED_FIELDS = {"_type", "spec_version", "version", "expires", "consistent_snapshot", "keys", "roles"}
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+", re.ASCII)
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -143,16 +155,21 @@ class TrustRoot:
     @classmethod
     def load(cls, path: Path) -> TrustRoot:
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                data = handle.read(MAX_ROOT_BYTES + 1)  # over the cap: refused by from_json, unread
         except OSError as exc:
             raise UsageError(f"{path}: cannot read trust root: {exc.strerror}") from None
         return cls.from_json(data, str(path))
 
     @classmethod
-    def from_json(cls, data: bytes, source: str) -> TrustRoot:
+    def from_json(cls, data: bytes, source: str, limit_error: type[EnclaveError] = TrustError) -> TrustRoot:
+        """Parse strictly (strictjson.strict_json, FORMAT.md 4): TrustError. Over MAX_ROOT_BYTES or
+        too deeply nested: `limit_error` (UnsafeArchiveError for a root carried in a bundle)."""
         try:
-            doc = json.loads(data)
+            doc = strict_json(data, MAX_ROOT_BYTES)
             return cls._parse(doc, source)
+        except DocumentLimitError as exc:
+            raise limit_error(f"{source}: trust root {exc}") from None
         except MALFORMED_DOCUMENT as exc:
             raise TrustError(f"{source}: invalid trust root: {exc}") from None
 
@@ -163,14 +180,23 @@ class TrustRoot:
         signed = doc["signed"]
         if not isinstance(signed, dict) or signed.get("_type") != "root":
             raise ValueError("signed._type must be 'root'")
-        if not str(signed["spec_version"]).startswith("1."):
-            raise ValueError(f"unsupported TUF spec_version {signed['spec_version']}")
+        if set(signed) != SIGNED_FIELDS:
+            raise ValueError(f"signed must have exactly the fields {', '.join(sorted(SIGNED_FIELDS))}")
+        spec = signed["spec_version"]
+        if not isinstance(spec, str) or not SPEC_VERSION_SYNTAX.fullmatch(spec):
+            raise ValueError(f"unsupported TUF spec_version {spec!r} (1.MINOR.PATCH)")
+        if signed["consistent_snapshot"] is not False:
+            raise ValueError("consistent_snapshot must be false (enclave has no snapshot role)")
         version = signed["version"]
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError("version must be a positive integer")
         expires = parse_time(signed["expires"])
         keys: dict[str, PublicKey] = {}
-        for keyid, entry in signed["keys"].items():
+        for keyid, entry in _object(signed["keys"], "keys").items():
+            if set(_object(entry, f"key {keyid[:16]}")) != {"keytype", "scheme", "keyval"}:
+                raise ValueError(f"key {keyid[:16]}: expected exactly keytype, scheme, keyval")
+            if set(_object(entry["keyval"], f"key {keyid[:16]}.keyval")) != {"public"}:
+                raise ValueError(f"key {keyid[:16]}: keyval must hold exactly 'public'")
             try:
                 key = PublicKey.from_pem(entry["keyval"]["public"].encode("ascii"), f"key {keyid[:16]}")
             except UsageError as exc:  # a weak curve or unknown key type makes the root invalid (exit 4)
@@ -181,10 +207,22 @@ class TrustRoot:
                 raise ValueError(f"key {keyid[:16]}: keytype/scheme do not match the key")
             keys[keyid] = key
         roles: dict[str, Role] = {}
-        if set(signed["roles"]) != set(ROLES):
+        if set(_object(signed["roles"], "roles")) != set(ROLES):
             raise ValueError(f"roles must be exactly {', '.join(ROLES)}")
         for name, entry in signed["roles"].items():
+            if (
+                not {"keyids", "threshold"}
+                <= set(_object(entry, f"role {name}"))
+                <= {
+                    "keyids",
+                    "threshold",
+                    HYBRID_FIELD,
+                }
+            ):
+                raise ValueError(f"role {name}: expected keyids, threshold and optionally {HYBRID_FIELD}")
             keyids = entry["keyids"]
+            if not isinstance(keyids, list) or not all(isinstance(k, str) for k in keyids):
+                raise ValueError(f"role {name}: keyids must be a list of strings")
             threshold = entry["threshold"]
             if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
                 raise ValueError(f"role {name}: threshold must be an integer of at least 1")
@@ -198,8 +236,14 @@ class TrustRoot:
                 raise ValueError(f"role {name}: {HYBRID_FIELD} must be true or false")
             roles[name] = Role(name, tuple(keyids), threshold, hybrid)
         signatures: list[tuple[str, bytes]] = []
+        if not isinstance(doc["signatures"], list):
+            raise ValueError("signatures must be a list")
         for entry in doc["signatures"]:
+            if set(_object(entry, "a signature")) != {"keyid", "sig"}:
+                raise ValueError("each signature needs exactly keyid and sig")
             keyid, sig = entry["keyid"], entry["sig"]
+            if not isinstance(keyid, str) or not isinstance(sig, str) or not _LOWER_HEX.fullmatch(sig):
+                raise ValueError("a signature's keyid must be a string and its sig lowercase hex")
             if any(k == keyid for k, _ in signatures):
                 raise ValueError(f"key {keyid[:16]} signs more than once")
             signatures.append((keyid, bytes.fromhex(sig)))
@@ -250,6 +294,12 @@ class TrustRoot:
         """The document as `sign_document` writes it; `signed` and the signatures unchanged."""
         existing = [{"keyid": keyid, "sig": sig.hex()} for keyid, sig in self.signatures]
         return sign_document(self.signed, [], existing)
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object")
+    return value
 
 
 def sign_document(

@@ -30,10 +30,9 @@ from enclave.bundle.statement import BundleStatement
 from enclave.bundle.tarformat import member_header, member_span
 from enclave.errors import EnclaveError, TrustError, UnsafeArchiveError, UsageError
 from enclave.trust.keys import PublicKey
-from enclave.trust.root import ROLES, RoleCheck, TrustRoot
+from enclave.trust.root import MAX_ROOT_BYTES, ROLES, RoleCheck, TrustRoot
 
 MAX_ROTATIONS = 256  # python-tuf's default bound on root rotations in one update
-MAX_ROOT_BYTES = 1 << 20  # a root with dozens of ML-DSA keys is under 200 KB; cap before reading
 
 
 # -- the rules ----------------------------------------------------------------------------------------
@@ -214,6 +213,6 @@ def roots_in_bundle(source: ArchiveSource, envelope_end: int, payload: bytes) ->
             if source.read_exact(offset, len(header), f"the header of {member.name}") != header:
                 raise TrustError(f"member {member.name!r}: not where the statement places it")
             data = source.read_exact(offset + len(header), member.size, member.name)
-            roots.append(TrustRoot.from_json(data, f"{source.name}: {member.name}"))
+            roots.append(TrustRoot.from_json(data, f"{source.name}: {member.name}", UnsafeArchiveError))
         offset += member_span(member.name, member.size, member.mode, mtime)
     return roots

@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import MALFORMED_DOCUMENT, RollbackError, TrustError, UsageError
-from enclave.trust.root import TrustRoot, canonical
+from enclave.strictjson import strict_json
+from enclave.trust.root import MAX_ROOT_BYTES, TrustRoot, canonical
 
 DEFAULT_STATE_DIR = Path("/var/lib/enclave")
 STATE_ENV = "ENCLAVE_STATE_DIR"
 ROLLBACK_FORMAT = "enclave-rollback/v1"
+MAX_ROLLBACK_BYTES = 64 << 20  # hundreds of thousands of bundle names; larger is damage
 
 
 def default_state_dir() -> Path:
@@ -171,8 +173,8 @@ class RollbackState:
         }
 
     def to_json(self) -> bytes:
-        # The checksum catches storage corruption that still parses (a flipped digit in a
-        # version); it is not a defence against someone who can write the file.
+        # The checksum (over the other three fields) catches storage corruption that still parses
+        # (a flipped digit in a version); it is not a defence against someone who can write the file.
         body = self._body()
         doc = {**body, "sha256": hashlib.sha256(canonical(body)).hexdigest()}
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
@@ -180,7 +182,7 @@ class RollbackState:
     @classmethod
     def from_json(cls, data: bytes, source: str) -> RollbackState:
         try:
-            return cls._parse(json.loads(data))
+            return cls._parse(strict_json(data, MAX_ROLLBACK_BYTES))
         except MALFORMED_DOCUMENT as exc:
             raise RollbackError(
                 f"{source}: rollback state is corrupted ({exc}); refusing to verify without it: "
@@ -200,6 +202,8 @@ class RollbackState:
         for name, entry in doc["bundles"].items():
             if set(entry) != {"version", "statementDigest", "rootVersion", "time"}:
                 raise ValueError(f"bundle {name}: unexpected fields")
+            if not all(isinstance(entry[k], str) for k in ("version", "statementDigest", "time")):
+                raise ValueError(f"bundle {name}: version, statementDigest and time must be strings")
             SemVer.parse(entry["version"])
             bundles[name] = Accepted(
                 entry["version"], entry["statementDigest"], _count(entry["rootVersion"]), entry["time"]
@@ -284,9 +288,11 @@ class StateDir:
         finally:
             os.close(fd)  # releases the lock
 
-    def _read(self, path: Path) -> bytes | None:
+    def _read(self, path: Path, limit: int) -> bytes | None:
+        """The file's bytes, at most `limit` + 1 of them (the parser refuses more); None: absent."""
         try:
-            return path.read_bytes()
+            with path.open("rb") as handle:
+                return handle.read(limit + 1)
         except FileNotFoundError:
             return None
         except IsADirectoryError:
@@ -296,7 +302,7 @@ class StateDir:
 
     def read_root(self) -> TrustRoot | None:
         """The stored trusted root, its signatures checked (not its expiry: see TrustRoot.check_signed)."""
-        data = self._read(self.root_path)
+        data = self._read(self.root_path, MAX_ROOT_BYTES)
         if data is None:
             return None
         root = TrustRoot.from_json(data, str(self.root_path))
@@ -310,19 +316,42 @@ class StateDir:
         return root
 
     def read_rollback(self) -> RollbackState:
-        data = self._read(self.rollback_path)
-        return RollbackState() if data is None else RollbackState.from_json(data, str(self.rollback_path))
+        """The rollback record; none yet only in a directory with no trusted root either. A root
+        without a record is a damaged state directory (the record was deleted or lost): refused
+        until the operator restores it (docs/OPERATIONS.md), never started afresh."""
+        data = self._read(self.rollback_path, MAX_ROLLBACK_BYTES)
+        if data is not None:
+            return RollbackState.from_json(data, str(self.rollback_path))
+        if os.path.lexists(self.root_path):
+            raise RollbackError(
+                f"{self.rollback_path}: missing while {self.root_path} is there: the state directory is "
+                "damaged; refusing to verify without it: restore it from a backup (docs/OPERATIONS.md)"
+            )
+        return RollbackState()
+
+    def _write(
+        self, stored: TrustRoot | None, root: TrustRoot, before: RollbackState, after: RollbackState
+    ) -> None:
+        """Store `root` (when it is not `stored`) and the record `after` (when it is not `before`).
+        The root goes first, so a crash between the two leaves a root newer than recorded:
+        consistent. Except in a new directory: then the record goes first, so that a crash never
+        leaves a root without a record (which read_rollback refuses as damage)."""
+        new = not self.rollback_path.exists()
+        writes = []
+        if stored is None or stored.digest != root.digest:
+            writes.append((self.root_path, root.to_json()))
+        if after != before or new:
+            writes.append((self.rollback_path, after.to_json()))
+        if new:
+            writes.reverse()
+        for path, data in writes:
+            atomic_write(path, data)
 
     def store_root(self, root: TrustRoot) -> None:
-        """Make `root` the trusted root. Call under `locked()`. The root is written before the
-        record, so a crash between the two leaves a root newer than recorded: consistent."""
+        """Make `root` the trusted root. Call under `locked()`."""
         stored = self.read_root()
         rollback = self.read_rollback()
-        updated = rollback.with_root(root.version)
-        if stored is None or stored.digest != root.digest:
-            atomic_write(self.root_path, root.to_json())
-        if updated != rollback:
-            atomic_write(self.rollback_path, updated.to_json())
+        self._write(stored, root, rollback, rollback.with_root(root.version))
 
     def accept(
         self, anchor: str | None, root: TrustRoot, name: str, version: str, statement_digest: str, time: str
@@ -341,10 +370,6 @@ class StateDir:
                 )
             rollback = self.read_rollback()
             decision = rollback.check(name, version, statement_digest, root.version)
-            if stored is None or stored.digest != root.digest:
-                atomic_write(self.root_path, root.to_json())
-            atomic_write(
-                self.rollback_path,
-                rollback.accept(name, version, statement_digest, root.version, time).to_json(),
-            )
+            accepted = rollback.accept(name, version, statement_digest, root.version, time)
+            self._write(stored, root, rollback, accepted)
         return decision

@@ -5,7 +5,6 @@ documents", why the plain digest is not re-checked there)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -20,10 +19,9 @@ from enclave.bundle.digest import combine, digest_files
 from enclave.bundle.statement import BundleStatement, ComponentEntry, Member
 from enclave.bundle.verify import verify_bundle
 from enclave.errors import EnclaveError, IntegrityError
-from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
 from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys
-from tests.tarsurgery import join, split
+from tests.tarsurgery import resign
 
 MIB = 1 << 20
 NOW = datetime.now(UTC)
@@ -127,18 +125,6 @@ def test_plain_digest_is_parsed_strictly(edit: Any, message: str) -> None:
     assert caught.value.exit_code == 3
 
 
-def _resign(bundle: Path, keys: Keys, out: Path, edit: Any) -> Path:
-    """Change the statement and sign it again with the trusted build keys (an insider's bundle)."""
-    parts = split(bundle)
-    doc = json.loads(parts[0].data)
-    statement = json.loads(base64.b64decode(doc["payload"]))
-    edit(statement)
-    envelope = Envelope(IN_TOTO_PAYLOAD_TYPE, json.dumps(statement, sort_keys=True).encode())
-    envelope.sign(keys.ecdsa)
-    envelope.sign(keys.mldsa)
-    return join([parts[0].with_data(envelope.to_json()), *parts[1:]], out)
-
-
 def _weights(statement: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = next(
         m for m in statement["predicate"]["members"] if m["name"] == "content/weights/model.gguf"
@@ -149,7 +135,7 @@ def _weights(statement: dict[str, Any]) -> dict[str, Any]:
 def test_verify_refuses_a_signed_statement_without_the_plain_digest(
     build: BuildFn, keys: Keys, root_path: Path, tmp_path: Path
 ) -> None:
-    bundle = _resign(build(), keys, tmp_path / "t.bundle", lambda s: _weights(s).pop("plainDigest"))
+    bundle = resign(build(), keys, tmp_path / "t.bundle", lambda s: _weights(s).pop("plainDigest"))
     with pytest.raises(EnclaveError, match="plainDigest is missing") as caught:
         verify_bundle([bundle], TrustRoot.load(root_path), NOW, show_progress=False)
     assert caught.value.exit_code == 3
@@ -162,7 +148,7 @@ def test_plain_digest_is_an_attestation_that_standard_tools_check(
     a builder who signs a wrong plainDigest gets a bundle that verifies, and the first standard
     tool that compares the file (sha384sum, a CycloneDX or SLSA checker) refuses it. Content
     that differs from what was signed is never accepted either way: the chunks bind it."""
-    bundle = _resign(build(), keys, tmp_path / "t.bundle", lambda s: _weights(s).update(plainDigest="0" * 96))
+    bundle = resign(build(), keys, tmp_path / "t.bundle", lambda s: _weights(s).update(plainDigest="0" * 96))
     target = tmp_path / "x"
     result = verify_bundle([bundle], TrustRoot.load(root_path), NOW, extract_to=target, show_progress=False)
     signed = next(m for m in result.statement.members if m.name == "content/weights/model.gguf")

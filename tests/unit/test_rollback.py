@@ -117,7 +117,7 @@ def test_audit_recheck_with_at_ignores_and_keeps_state(
     before = (state_dir / "rollback.json").read_bytes()
     at = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert verify(old, "--trust", str(root_path), "--at", at) == 0  # the auditor re-checks an old bundle
-    assert verify(old, "--trust", str(root_path), "--at", at, "--extract-to", str(tmp_path / "x")) == 5
+    assert verify(old, "--trust", str(root_path), "--at", at, "--extract-to", str(tmp_path / "x")) == 2
     assert not (tmp_path / "x").exists()
     assert (state_dir / "rollback.json").read_bytes() == before
     assert verify(old, "--trust", str(root_path)) == 5  # admission still refuses it
