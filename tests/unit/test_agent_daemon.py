@@ -21,6 +21,8 @@ from enclave.errors import IntegrityError, PolicyError, ProvisionError, TrustErr
 from enclave.runtime.agent import Agent, check_once, run
 from enclave.runtime.agent.daemon import AgentReport, run_round_once
 from enclave.runtime.audit import AuditLog, LogVerificationError, verify_log
+from enclave.runtime.audit.records import TAIL_ACCEPTED
+from enclave.runtime.audit.verify import checkpoints_path
 from enclave.trust.keys import SigningKey
 from tests.conftest import BuildFn, Keys
 from tests.unit.test_agent_support import WEIGHTS, Site, deploy, flip_byte
@@ -391,3 +393,17 @@ def test_run_blocks_until_sigterm_then_closes_the_log(site: Site) -> None:
     last = events(site.log)[-1]
     assert last["event"] == "agent-stop" and last["reason"] == "stopped"
     verify_log(site.log, site.root)
+
+
+def test_after_a_crash_the_agent_continues_its_log_only_when_an_operator_accepts(site: Site) -> None:
+    """The agent's writer refuses a log whose tail no checkpoint covers, like the gateway's; the
+    operator's acceptance (agent run --accept-unproven-tail) is recorded in the log."""
+    once(site)
+    sidecar = checkpoints_path(site.log)
+    sidecar.write_bytes(b"".join(sidecar.read_bytes().splitlines(keepends=True)[:-1]))  # a crash
+    with pytest.raises(IntegrityError, match="accept-unproven-tail"):
+        once(site)
+    report = once(site, accept_unproven_tail=True)
+    assert report.ok
+    accepted = [r for r in events(site.log) if r["event"] == TAIL_ACCEPTED]
+    assert len(accepted) == 1 and accepted[0]["component"] == "agent"

@@ -40,11 +40,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(trust: Trust, log: Path, upstream: str, port: int) -> subprocess.Popen[bytes]:
+def spawn(
+    trust: Trust, log: Path, upstream: str, port: int, accept_unproven_tail: bool = False
+) -> subprocess.Popen[bytes]:
     code = (
         "import sys; from pathlib import Path; from enclave.runtime.gateway import serve; "
         "serve(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5]), "
-        "sys.argv[6], checkpoint_every=50, checkpoint_seconds=0.2)"
+        "sys.argv[6], checkpoint_every=50, checkpoint_seconds=0.2, "
+        f"accept_unproven_tail={accept_unproven_tail})"
     )
     args = [
         str(DEFAULT_POLICY),
@@ -132,8 +135,9 @@ def test_kill_9_under_load_loses_no_answered_record(tmp_path: Path) -> None:
             allowed = [r for r in records(log) if r.get("decision") == "allow"]
             assert len(allowed) > 20, "allowed requests must be part of the load"
 
-            # A restart continues the same log (cutting any torn line) and it still verifies.
-            proc = spawn(trust, log, upstream.url, port)
+            # A restart continues the same log (cutting any torn line) and it still verifies; the
+            # records the crash left after the last checkpoint need an operator's acceptance.
+            proc = spawn(trust, log, upstream.url, port, accept_unproven_tail=True)
             try:
                 await wait_healthy(url, proc)
                 async with (

@@ -61,6 +61,9 @@ class AgentConfig:
     workers: int | None = None  # hashing threads; default: every core
     docker: Callable[[], Any] = default_client
     checkpoint_seconds: float = 10.0
+    # An operator accepts records at the end of the agent's log that no checkpoint covers (after
+    # a crash); the log records the acceptance (docs/GATEWAY.md section 5).
+    accept_unproven_tail: bool = False
 
 
 @dataclass
@@ -140,6 +143,7 @@ class Agent:
             audit_keys=audit_keys,
             checkpoint_seconds=config.checkpoint_seconds,
             component="agent",
+            accept_unproven_tail=config.accept_unproven_tail,
         )
         return cls(config, root, audit, canaries, gateway)
 
@@ -315,6 +319,7 @@ def check_once(
     *,
     hardening_files: Sequence[Path] | None = None,
     rebaseline: bool = False,
+    accept_unproven_tail: bool = False,
 ) -> AgentReport:
     """`enclave agent run --once`: every check once, every result in the audit log.
 
@@ -331,6 +336,7 @@ def check_once(
         canaries=canaries,
         hardening_files=tuple(hardening_files or hardening.DEFAULT_FILES),
         rebaseline=rebaseline,
+        accept_unproven_tail=accept_unproven_tail,
     )
     return asyncio.run(run_round_once(config))
 
@@ -364,6 +370,7 @@ def run(
     *,
     hardening_files: Sequence[Path] | None = None,
     rebaseline: bool = False,
+    accept_unproven_tail: bool = False,
 ) -> int:
     """`enclave agent run`. With `once`: every check once, returns the exit code of the first
     failing check (0 when all passed; 3 integrity, 4 signatures, 7 hardening, 8 canaries),
@@ -381,6 +388,7 @@ def run(
         canaries,
         tuple(hardening_files or hardening.DEFAULT_FILES),
         rebaseline,
+        accept_unproven_tail=accept_unproven_tail,
     )
     if once:
         report = asyncio.run(run_round_once(config))

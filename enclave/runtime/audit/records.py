@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from enclave.runtime.audit.merkle import leaf_hash
+from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope
 
 RECORD_FORMAT = 1
@@ -36,6 +37,10 @@ REQUIRED = ("v", "seq", "prev", "time", "event")
 AGENT_CHECK = "agent-check"
 CHECK_RESULTS = ("pass", "fail", "error", "not_applicable")
 FAILED_RESULTS = frozenset({"fail", "error"})
+
+# Written when an operator lets a writer continue a log whose last records no checkpoint
+# covers (docs/GATEWAY.md 5.4): names those records by their leaf hashes.
+TAIL_ACCEPTED = "unproven-tail-accepted"
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -101,9 +106,13 @@ def checkpoint_line(envelope: Envelope) -> bytes:
     return envelope.to_json()
 
 
+# A record holds at most an approval envelope (ML-DSA-87: ~9 KB) and a guard verdict; far below.
+MAX_RECORD_BYTES = 1 << 20
+
+
 def parse_record(entry: bytes) -> dict[str, Any]:
     """Parse one record line (without newline) strictly; raises ValueError."""
-    doc = json.loads(entry, object_pairs_hook=_no_duplicates)
+    doc = strict_json(entry, MAX_RECORD_BYTES)
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     missing = [k for k in REQUIRED if k not in doc]
@@ -134,12 +143,3 @@ def agent_check_problem(record: dict[str, Any]) -> str | None:
     if not isinstance(findings, list) or not all(isinstance(f, dict) for f in findings):
         return "agent-check record needs a list of findings"
     return None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from enclave.runtime.audit.records import (
     CHECKPOINT_PAYLOAD_TYPE,
     FAILED_RESULTS,
     GENESIS_PREV,
+    TAIL_ACCEPTED,
     TreeHead,
     agent_check_problem,
     parse_record,
@@ -64,6 +66,9 @@ class AuditReport:
     checkpoints: int = 0
     verified_checkpoints: int = 0
     covered_records: int = 0  # records under the largest checkpoint that matches
+    unproven_records: int = 0  # records after it: nothing proves who wrote them
+    accepted_tails: list[dict[str, Any]] = field(default_factory=list)  # TAIL_ACCEPTED records
+    witness_saved: str | None = None  # where --save-witness appended the last checkpoint
     last_checkpoint: dict[str, Any] | None = None
     decisions: dict[str, int] = field(default_factory=dict)
     policy_digests: list[str] = field(default_factory=list)
@@ -162,6 +167,8 @@ def analyse(
                 found.problem(f"{where}: the first record must be the log-open event carrying log_id")
             else:
                 report.log_id = record["log_id"]
+        if record["event"] == TAIL_ACCEPTED:
+            _accepted_tail(where, record, leaves, report, found)
         malformed = agent_check_problem(record)
         if malformed is not None:
             found.problem(f"{where}: {malformed}: the line was modified or written by a broken agent")
@@ -318,10 +325,41 @@ def _against_records(
         found.problem(f"{name}: no valid signed checkpoint: nothing anchors these records")
     uncovered = tree.size - report.covered_records
     if uncovered > 0 and checkpoints:
-        report.warnings.append(
-            f"{name}: the last {uncovered} records come after the last checkpoint: the hash chain protects "
-            "their order, only a later checkpoint protects them against truncation"
-        )
+        report.unproven_records = uncovered
+        report.warnings.append(unproven_warning(name, report.covered_records, tree.size))
+
+
+def unproven_warning(name: str, covered: int, size: int) -> str:
+    return (
+        f"{name}: UNPROVEN: {size - covered} record(s) after the last signed checkpoint (seq {covered}.."
+        f"{size - 1}): nothing proves who wrote them (anyone able to write the file can append records "
+        "with a correct seq and prev), and nothing protects them against truncation until a later "
+        "checkpoint covers them"
+    )
+
+
+def _accepted_tail(
+    where: str, record: dict[str, Any], leaves: list[bytes], report: AuditReport, found: _Findings
+) -> None:
+    """An operator's acceptance of records no checkpoint covered (docs/GATEWAY.md 5.4): its
+    hashes must name the records before it, and the auditor must hear of it every time."""
+    first, last, hashes = record.get("first_seq"), record.get("last_seq"), record.get("leaf_hashes")
+    if (
+        not isinstance(first, int)
+        or not isinstance(last, int)
+        or not isinstance(hashes, list)
+        or not 0 <= first <= last < len(leaves) - 1
+        or hashes != [leaf.hex() for leaf in leaves[first : last + 1]]
+    ):
+        found.problem(f"{where}: {TAIL_ACCEPTED} record does not name the records before it by their hashes")
+        return
+    count = last - first + 1
+    report.accepted_tails.append({"where": where, "first_seq": first, "last_seq": last, "records": count})
+    report.warnings.append(
+        f"{where}: an operator accepted {count} record(s) (seq {first}..{last}) that no signed checkpoint "
+        f"covered when the {record.get('component', 'writer')} started ({TAIL_ACCEPTED}): they are "
+        "proven only from then on; check that the writer wrote them (a crash) and nobody else"
+    )
 
 
 # -- entry points --------------------------------------------------------------------------------
@@ -365,18 +403,61 @@ def check_log(log: Path, trust: Path, witness: Iterable[Path] = (), now: datetim
     return analyse(str(log), data, sources, root.role_keys("audit"), role_acceptor(root))
 
 
-def verify_log(log: Path, trust: Path, witness: Iterable[Path] = ()) -> AuditReport:
+def verify_log(
+    log: Path,
+    trust: Path,
+    witness: Iterable[Path] = (),
+    *,
+    require_checkpointed: bool = False,
+    save_witness: Path | None = None,
+) -> AuditReport:
     """`enclave audit verify LOG --trust root.json`: raise IntegrityError unless the log verifies.
 
-    `witness`: checkpoint files kept elsewhere (e.g. an earlier export's checkpoints.jsonl);
-    they detect truncation and forks that the log's own checkpoint file no longer shows.
+    `witness`: checkpoint files kept elsewhere (e.g. an earlier export's checkpoints.jsonl, or
+    a file `save_witness` keeps); they detect truncation and forks that the log's own checkpoint
+    file no longer shows. `require_checkpointed`: records after the last signed checkpoint
+    (unproven) are a failure, not a warning. `save_witness`: the log is also checked against that
+    file when it exists, then, if it verified, its last matching checkpoint is appended to it.
     The raised error carries the full report as `.report`.
     """
-    report = check_log(log, trust, witness).report
+    sources = list(witness)
+    if save_witness is not None and save_witness.exists() and save_witness not in sources:
+        sources.append(save_witness)
+    analysis = check_log(log, trust, sources)
+    report = analysis.report
+    if require_checkpointed and report.unproven_records:
+        report.problems.append(
+            f"{log}: {report.unproven_records} record(s) after the last signed checkpoint "
+            f"(seq {report.covered_records}..{report.records - 1}) are unproven (--require-checkpointed)"
+        )
     if not report.ok:
         more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
         raise LogVerificationError(f"audit log does not verify: {report.problems[0]}{more}", report)
+    if save_witness is not None:
+        _save_witness(analysis, save_witness)
+        report.witness_saved = str(save_witness)
     return report
+
+
+def _save_witness(analysis: Analysis, path: Path) -> None:
+    """Append the last matching checkpoint line to `path`, unless it is already its last line."""
+    best = analysis.report.last_checkpoint
+    if best is None:
+        return
+    line = next(cp.line for cp in analysis.checkpoints if cp.where == best["where"])
+    existing = _read_optional(path) or b""
+    if existing.endswith(b"\n" + line + b"\n") or existing == line + b"\n":
+        return
+    prefix = b"" if not existing or existing.endswith(b"\n") else b"\n"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, prefix + line + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the witness checkpoint: {exc.strerror}") from None
 
 
 def report_json(report: AuditReport) -> str:

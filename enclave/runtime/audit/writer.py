@@ -30,12 +30,13 @@ from enclave.runtime.audit.merkle import CompactRange, leaf_hash
 from enclave.runtime.audit.records import (
     CHECKPOINT_PAYLOAD_TYPE,
     GENESIS_PREV,
+    TAIL_ACCEPTED,
     TreeHead,
     checkpoint_line,
     make_record,
     now_text,
 )
-from enclave.runtime.audit.verify import analyse, checkpoints_path
+from enclave.runtime.audit.verify import analyse, checkpoints_path, unproven_warning
 from enclave.trust.dsse import Envelope, Signature, pae
 from enclave.trust.keys import PublicKey
 
@@ -203,11 +204,15 @@ class AuditLog:
         checkpoint_seconds: float = 10.0,
         sink: Sink | None = None,
         component: str = "gateway",
+        accept_unproven_tail: bool = False,
     ) -> AuditLog:
         """Verify what is already in the log and prepare to continue it.
 
         `audit_keys`: keys whose checkpoints count (the trust root's audit role); default:
         the signer alone. A log that does not verify is never appended to (IntegrityError).
+        Neither is one whose last records no checkpoint covers (a crash, or records appended
+        by someone else after a clean stop) unless `accept_unproven_tail`: an operator's
+        acceptance, then recorded first (`unproven-tail-accepted`, with the records' hashes).
         `component` names the start and stop records (`gateway-start`, `agent-start`, ...).
         """
         if checkpoint_every < 1 or checkpoint_seconds <= 0:
@@ -218,7 +223,9 @@ class AuditLog:
             # Lock before recovery reads (and may cut) the file: never recover a live log.
             sink = FileSink(path)
         try:
-            state = _recover(path, signer, audit_keys or {signer.keyid: signer.public})
+            state = _recover(
+                path, signer, audit_keys or {signer.keyid: signer.public}, component, accept_unproven_tail
+            )
         except BaseException:
             sink.close()
             raise
@@ -249,6 +256,8 @@ class AuditLog:
             await self.append(
                 {"event": "log-open", "log_id": self._state.log_id, "audit_key": self.signer.keyid}
             )
+        if self._state.accepted:
+            await self.append({"event": TAIL_ACCEPTED, **self._state.accepted})
         if self._state.dropped:
             await self.append({"event": "log-recovered", **self._state.dropped})
         await self.append(
@@ -474,9 +483,16 @@ class _State:
     """Where the chain and the tree stand: next seq, previous hash, compact Merkle range."""
 
     def __init__(
-        self, log_id: str, leaves: Sequence[bytes], covered: int, checkpoints: int, dropped: dict[str, Any]
+        self,
+        log_id: str,
+        leaves: Sequence[bytes],
+        covered: int,
+        checkpoints: int,
+        dropped: dict[str, Any],
+        accepted: dict[str, Any] | None = None,
     ):
         self.log_id = log_id
+        self.accepted = accepted  # the fields of an unproven-tail-accepted record to write first
         self.range = CompactRange()
         for leaf in leaves:
             self.range.append(leaf)
@@ -500,8 +516,11 @@ class _State:
         self.checkpoints += 1
 
 
-def _recover(path: Path, signer: Signer, keys: Mapping[str, PublicKey]) -> _State:
-    """Verify an existing log; cut an incomplete last line; return where to continue."""
+def _recover(
+    path: Path, signer: Signer, keys: Mapping[str, PublicKey], component: str, accept_unproven_tail: bool
+) -> _State:
+    """Verify an existing log; refuse an unproven tail unless accepted; cut an incomplete last
+    line; return where to continue."""
     sidecar = checkpoints_path(path)
     try:
         data = path.read_bytes()
@@ -527,11 +546,18 @@ def _recover(path: Path, signer: Signer, keys: Mapping[str, PublicKey]) -> _Stat
         return None if signers else "no valid signature by an audit key"
 
     analysis = analyse(str(path), data, [(str(sidecar), checkpoint_data)], keys, accept)
-    if not analysis.report.ok:
+    report = analysis.report
+    if not report.ok:
         raise IntegrityError(
-            f"{path}: existing audit log does not verify, refusing to append: {analysis.report.problems[0]} "
+            f"{path}: existing audit log does not verify, refusing to append: {report.problems[0]} "
             "(keep it for forensics and start a new log file)"
         )
+    leaves = analysis.tree.leaves
+    accepted = _accept_tail(
+        path, leaves, report.covered_records, report.last_checkpoint, accept_unproven_tail
+    )
+    if accepted is not None:
+        accepted["component"] = component
     dropped: dict[str, Any] = {}
     if analysis.torn_bytes:
         torn = data[len(data) - analysis.torn_bytes :]
@@ -539,6 +565,34 @@ def _recover(path: Path, signer: Signer, keys: Mapping[str, PublicKey]) -> _Stat
         os.truncate(path, len(data) - len(torn))
     if checkpoint_data and not checkpoint_data.endswith(b"\n"):
         os.truncate(sidecar, checkpoint_data.rfind(b"\n") + 1)
-    log_id = analysis.report.log_id or secrets.token_hex(16)
-    leaves = analysis.tree.leaves
-    return _State(log_id, leaves, analysis.report.covered_records, len(analysis.checkpoints), dropped)
+    log_id = report.log_id or secrets.token_hex(16)
+    return _State(log_id, leaves, report.covered_records, len(analysis.checkpoints), dropped, accepted)
+
+
+def _accept_tail(
+    path: Path,
+    leaves: Sequence[bytes],
+    covered: int,
+    checkpoint: Mapping[str, Any] | None,
+    accept_unproven_tail: bool,
+) -> dict[str, Any] | None:
+    """Records after the last checkpoint this log's writer signed prove nothing: a clean stop
+    always checkpoints its stop record, so they come from a crash, or from someone who appended
+    to the file (with a correct seq and prev). Refuse them, or return the acceptance record."""
+    if covered >= len(leaves):
+        return None
+    if not accept_unproven_tail:
+        raise IntegrityError(
+            f"{unproven_warning(str(path), covered, len(leaves))}; refusing to extend the log and sign "
+            "over them: inspect them (enclave audit verify), then start once with "
+            "--accept-unproven-tail to continue and record that an operator accepted them"
+        )
+    return {
+        "records": len(leaves) - covered,
+        "first_seq": covered,
+        "last_seq": len(leaves) - 1,
+        "leaf_hashes": [leaf.hex() for leaf in leaves[covered:]],
+        "checkpoint_size": covered,
+        "checkpoint_root": checkpoint["root_hash"] if checkpoint else None,
+        "accepted_by": "operator (--accept-unproven-tail)",
+    }

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from enclave.errors import TrustError
+from enclave.errors import DocumentLimitError, TrustError, UsageError
 from enclave.runtime.gateway.policy import ApprovalSettings, Rule
+from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import PublicKey, SigningKey
 from enclave.trust.root import canonical, format_time, parse_time
@@ -33,6 +33,9 @@ REQUESTER_HEADER = "X-Enclave-Requester"
 _NONCE_CHARS = frozenset("0123456789abcdef")
 _MIN_NONCE_HEX = 32  # 128 bits
 RESULT_RETENTION_SECONDS = 600
+# The most an approval or requester token may take, envelope or payload: one ML-DSA-87
+# signature (4,627 bytes, 6,172 in base64) and a payload of five short strings fit many times.
+MAX_STATEMENT_BYTES = 64 * 1024
 
 Decision = Literal["approve", "deny"]
 State = Literal["pending", "approved", "executing", "completed", "failed", "denied", "expired"]
@@ -45,6 +48,13 @@ class Rejected(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class OverLimit(Rejected):
+    """A statement over the reader's size or nesting bound: 400 `malformed`, never read."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "malformed", message)
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,9 @@ def _statement(
 ) -> tuple[PublicKey, dict[str, Any]]:
     """Parse an envelope with exactly one valid signature by one of `keys` and a strict payload."""
     try:
-        envelope = Envelope.from_json(data, what)
+        envelope = Envelope.from_json(data, what, MAX_STATEMENT_BYTES, UsageError)
+    except UsageError as exc:  # over the size or nesting bound
+        raise OverLimit(str(exc)) from None
     except TrustError as exc:
         raise Rejected(400, "malformed", str(exc)) from None
     if envelope.payload_type != payload_type:
@@ -134,9 +146,11 @@ def _statement(
     if not verified:
         raise Rejected(403, "bad_signature", f"{what}: signature does not verify")
     try:
-        payload = json.loads(envelope.payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Rejected(400, "malformed", f"{what}: payload is not JSON") from None
+        payload = strict_json(envelope.payload, MAX_STATEMENT_BYTES)
+    except DocumentLimitError as exc:
+        raise OverLimit(f"{what}: payload: {exc}") from None
+    except ValueError as exc:
+        raise Rejected(400, "malformed", f"{what}: payload is not JSON: {exc}") from None
     if not isinstance(payload, dict) or set(payload) != fields:
         raise Rejected(400, "malformed", f"{what}: payload needs exactly {', '.join(sorted(fields))}")
     if not all(isinstance(payload[k], str) for k in fields):
@@ -178,6 +192,8 @@ def verify_requester(
             approvers,
             "requester token",
         )
+    except OverLimit as exc:  # a bad request, not a failed authentication
+        raise Rejected(400, "malformed", f"{REQUESTER_HEADER}: {exc}") from None
     except Rejected as exc:
         raise Rejected(401, "bad_requester_token", str(exc)) from None
     if payload["request_hash"] != request_hash:

@@ -9,13 +9,16 @@ because a rule cannot judge what it cannot see.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
+
+from enclave.errors import DocumentLimitError
+from enclave.strictjson import strict_json
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 INFERENCE_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
-MAX_DEPTH = 32
+MAX_DEPTH = 32  # nesting levels of a request body, checked before it is parsed
+MAX_BODY = 1 << 20  # the gateway reads at most this many bytes of a request body
 
 
 class BadRequest(ValueError):
@@ -32,32 +35,24 @@ def request_hash(method: str, path: str, body: bytes) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
+def parse_body(body: bytes, max_bytes: int = MAX_BODY) -> dict[str, Any]:
+    """The request body as a JSON object, read by the one strict JSON reader (strictjson.strict_json:
+    UTF-8, no duplicate key, no NaN, at most `max_bytes` and MAX_DEPTH levels, bounded before it
+    parses); raises BadRequest."""
     try:
-        text = body.decode("utf-8")
+        doc = strict_json(body, max_bytes, MAX_DEPTH)
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8") from None
-    try:
-        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constants)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except DocumentLimitError as exc:
+        raise BadRequest(f"request body: {exc}") from None
+    except ValueError as exc:
+        if str(exc).startswith("duplicate key"):
+            # Parsers disagree on which duplicate wins; the model server might read the other one.
+            raise BadRequest(f"request body has a {exc}", "duplicate_key") from None
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise BadRequest("request body must be a JSON object")
     return doc
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # Parsers disagree on which duplicate wins; the model server might read the other one.
-            raise BadRequest(f"duplicate JSON key {key!r}", "duplicate_key")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise BadRequest(f"non-standard JSON constant {name}")
 
 
 def texts_of(doc: Any) -> list[str]:
