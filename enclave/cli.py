@@ -352,19 +352,18 @@ def cmd_bundle_verify(args: argparse.Namespace) -> Result:
     from enclave.trust.root import TrustRoot
     from enclave.trust.rotation import resolve
 
+    # --at: an auditor's re-check of evidence as of a past time, under the stored root (a key it
+    # revoked stays revoked). It never publishes, records or extracts: nothing past the freeze.
+    audit = args.at is not None
+    if audit and (args.extract_to or args.receipt):
+        raise UsageError("--at re-checks evidence only: it cannot be combined with --extract-to or --receipt")
     state, log, receipt, signer = _receipt_setup(args)
     now = _now(args)
-    # --at: an auditor's re-check as of a past time. It changes no state, and ignores the rollback
-    # record unless it extracts: nothing is published past rollback protection.
-    audit = args.at is not None
-    guarded = not audit or bool(args.extract_to)
     evidence = Evidence([args.bundle], now, "audit" if audit else "admission")
     try:
         given = TrustRoot.load(Path(args.trust)) if args.trust else None
-        if not guarded and given is None:
-            given = state.read_root()
-        anchor = resolve(state.read_root(), given).root if guarded or given is None else given
-        paths, _index = resolve_volumes(Path(args.bundle), anchor)  # a volume or index names them all
+        anchor = resolve(state.read_root(), given).root
+        paths, index = resolve_volumes(Path(args.bundle), anchor)  # a volume or index names them all
         evidence.files = [str(p) for p in paths]
         if signer is not None and signer.keyid not in anchor.roles["audit"].keyids:
             signer = None  # its signature would not count: the receipt of this refusal is unsigned
@@ -374,9 +373,10 @@ def cmd_bundle_verify(args: argparse.Namespace) -> Result:
             given,
             now,
             extract_to=Path(args.extract_to) if args.extract_to else None,
-            state=state if guarded else None,
-            record=not audit,
+            state=state,
             evidence=evidence,
+            audit=audit,
+            index=index,
         )
     except Exception as exc:
         record(log, evidence, exc, signer, receipt)
@@ -452,8 +452,88 @@ def cmd_gateway_serve(args: argparse.Namespace) -> Result:
         Path(args.trust) if args.trust else None,
         args.listen,
         model_digest=args.model_digest,
+        guard=Path(args.guard) if args.guard else None,
+        guard_digest=args.guard_digest,
+        accept_unproven_tail=args.accept_unproven_tail,
     )
     return "gateway stopped", {"stopped": True}
+
+
+# -- the learned guard ------------------------------------------------------------------------
+def cmd_guard_train(args: argparse.Namespace) -> Result:
+    from enclave.guard.build import build_guard, format_evaluation
+    from enclave.guard.train import Settings
+    from enclave.runtime.gateway.policy import load_policy
+
+    settings = Settings(seed=args.seed) if args.seed is not None else Settings()
+    guard, _ = build_guard(
+        Path(args.corpus), Path(args.out), load_policy(Path(args.policy)),
+        Path(args.eval) if args.eval else None, settings, args.version,
+    )  # fmt: skip
+    card = json.loads((Path(guard.source) / "card.json").read_text("utf-8"))
+    lines = [
+        f"guard {guard.name} {guard.version} written to {args.out} ({guard.digest})",
+        f"{len(guard.terms)} terms; thresholds band {guard.thresholds.band} stop {guard.thresholds.stop} "
+        f"(out-of-fold: {100 * card['out_of_fold']['stop_recall']:.1f}% of stop examples stopped, "
+        f"{100 * card['out_of_fold']['benign_stopped']:.1f}% of allow examples stopped)",
+    ]
+    if "evaluation" in card:
+        overlap = card["overlap"]
+        lines.append(
+            f"evaluation set (nearest training prompt: mean cosine {overlap['mean']}, "
+            f"p95 {overlap['p95']}, max {overlap['max']}):"
+        )
+        lines.append(format_evaluation(card["evaluation"]))
+    return "\n".join(lines), {"digest": guard.digest, "card": card}
+
+
+def cmd_guard_eval(args: argparse.Namespace) -> Result:
+    from enclave.guard.build import format_evaluation
+    from enclave.guard.corpus import load_corpus
+    from enclave.guard.evaluate import evaluate
+    from enclave.guard.model import load_guard
+    from enclave.runtime.gateway.policy import load_policy
+
+    guard = None if args.rules_only else load_guard(Path(args.guard))
+    report = evaluate(load_policy(Path(args.policy)), guard, load_corpus(Path(args.corpus)).examples)
+    header = "rules only" if guard is None else f"rules + guard {guard.digest}"
+    return f"{header}\n{format_evaluation(report)}", report
+
+
+def cmd_policy_test(args: argparse.Namespace) -> Result:
+    from enclave.guard.model import load_guard
+    from enclave.runtime.gateway.decide import decide
+    from enclave.runtime.gateway.policy import load_policy
+
+    policy = load_policy(Path(args.policy))
+    guard = load_guard(Path(args.guard)) if args.guard else None
+    prompts = list(args.text)
+    if args.file:
+        try:
+            prompts += [line for line in Path(args.file).read_text("utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{args.file}: cannot read prompts: {exc}") from None
+    if not prompts:
+        raise UsageError("give TEXT or --file FILE (one prompt per line)")
+    lines, docs = [], []
+    for text in prompts:
+        decision = decide(policy, guard, [text])
+        judged = guard.judge([text], explain=True) if guard else None
+        doc = {
+            "text": text,
+            "decision": decision.action,
+            "layer": decision.layer,
+            "rule": decision.rule_id,
+            "guard": judged.record() | {"evidence": judged.evidence} if judged else None,
+        }
+        docs.append(doc)
+        line = f"{decision.action:<6} {decision.layer:<13} {decision.rule_id or '-':<36} {text[:70]}"
+        if judged:
+            scores = " ".join(f"{k}={v:.3f}" for k, v in judged.scores.items())
+            evidence = ", ".join(f"{t[2:]!r} {c:+.2f}" for t, c in judged.evidence) or "-"
+            line += f"\n       p_stop={judged.p_stop:.3f} {scores}\n       evidence: {evidence}"
+        lines.append(line)
+    return "\n".join(lines), docs
 
 
 def cmd_approve(args: argparse.Namespace) -> Result:
@@ -466,12 +546,27 @@ def cmd_approve(args: argparse.Namespace) -> Result:
 def cmd_audit_verify(args: argparse.Namespace) -> Result:
     from enclave.runtime.audit import verify_log
 
-    report = verify_log(Path(args.log), Path(args.trust), [Path(w) for w in args.witness])
-    text = (
-        f"{args.log}: audit log verified: {report.records} records, "
-        f"{report.verified_checkpoints} signed checkpoints, root {report.root_hash[:16]}"
+    report = verify_log(
+        Path(args.log),
+        Path(args.trust),
+        [Path(w) for w in args.witness],
+        require_checkpointed=args.require_checkpointed,
+        save_witness=Path(args.save_witness) if args.save_witness else None,
     )
-    return text, report.to_dict()
+    proven = (
+        f"{report.records} records"
+        if not report.unproven_records
+        else f"{report.covered_records} of {report.records} records proven, "
+        f"{report.unproven_records} UNPROVEN (not covered by a signed checkpoint)"
+    )
+    lines = [
+        f"{args.log}: audit log verified: {proven}, "
+        f"{report.verified_checkpoints} signed checkpoints, root {report.root_hash[:16]}",
+        *(f"  warning: {w}" for w in report.warnings),
+    ]
+    if report.witness_saved:
+        lines.append(f"  witness: the last checkpoint is saved in {report.witness_saved}")
+    return "\n".join(lines), report.to_dict()
 
 
 def cmd_audit_export(args: argparse.Namespace) -> Result:
@@ -497,6 +592,7 @@ def cmd_agent_run(args: argparse.Namespace) -> Result:
             canaries,
             hardening_files=hardening,
             rebaseline=args.rebaseline_hardening,
+            accept_unproven_tail=args.accept_unproven_tail,
         )
         error = report.error()
         if error is not None:
@@ -516,6 +612,7 @@ def cmd_agent_run(args: argparse.Namespace) -> Result:
         False,
         hardening_files=hardening,
         rebaseline=args.rebaseline_hardening,
+        accept_unproven_tail=args.accept_unproven_tail,
     )
     return "agent stopped", {"stopped": True}
 
@@ -907,6 +1004,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", metavar="ROOT", help="approver and audit keys come from this root")
     p.add_argument("--listen", default="127.0.0.1:8088", metavar="ADDR:PORT")
     p.add_argument("--model-digest", metavar="ALG:HEX", help="the signed digest of the served weights")
+    p.add_argument("--guard", metavar="DIR", help="the learned guard behind the rules (a verified copy)")
+    p.add_argument(
+        "--guard-digest",
+        metavar="ALG:HEX",
+        help="the signed digest of the guard's guard.json (pins the guard)",
+    )
+    p.add_argument(
+        "--accept-unproven-tail",
+        action="store_true",
+        help="continue an audit log whose last records no checkpoint covers (after a crash), "
+        "recording the acceptance",
+    )
+
+    guard = top.add_parser("guard", help="the learned guard behind the policy rules").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(guard, "train", cmd_guard_train, "train the guard from a labelled corpus (deterministic)")
+    p.add_argument("--corpus", required=True, metavar="DIR", help="training corpus (*.jsonl)")
+    p.add_argument("--eval", metavar="DIR", help="evaluation corpus written apart from training")
+    p.add_argument("--policy", required=True, metavar="FILE", help="the rules the guard stands behind")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new directory for the guard")
+    p.add_argument("--seed", type=int, metavar="N", help="the one seed of folds and self-test sample")
+    p.add_argument("--version", default="1.0.0", help="the guard's version (default 1.0.0)")
+    p = sub(guard, "eval", cmd_guard_eval, "evaluate rules + guard on a labelled corpus")
+    p.add_argument("--guard", metavar="DIR", help="the guard directory")
+    p.add_argument("--corpus", required=True, metavar="DIR", help="labelled prompts (*.jsonl)")
+    p.add_argument("--policy", required=True, metavar="FILE", help="the policy rules")
+    p.add_argument("--rules-only", action="store_true", help="evaluate the rules without the guard")
+    policy = top.add_parser("policy", help="check a usage policy").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(policy, "test", cmd_policy_test, "show the decision, deciding layer, scores and evidence")
+    p.add_argument("text", nargs="*", help="prompts to decide")
+    p.add_argument("--file", metavar="FILE", help="more prompts, one per line")
+    p.add_argument("--policy", required=True, metavar="FILE", help="the policy rules")
+    p.add_argument("--guard", metavar="DIR", help="the learned guard (default: rules only)")
 
     p = sub(top, "approve", cmd_approve, "sign an approval (or denial) of a held request")
     p.add_argument("request_id")
@@ -922,6 +1055,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", required=True, metavar="ROOT")
     p.add_argument(
         "--witness", action="append", default=[], metavar="FILE", help="checkpoints kept elsewhere"
+    )
+    p.add_argument(
+        "--require-checkpointed",
+        action="store_true",
+        help="records after the last signed checkpoint (unproven) fail the check (exit 3)",
+    )
+    p.add_argument(
+        "--save-witness",
+        metavar="FILE",
+        help="check against FILE too (if it exists), then append the last verified checkpoint to it",
     )
     p = sub(audit, "export", cmd_audit_export, "write a forensic package")
     p.add_argument("log")
@@ -958,6 +1101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rebaseline-hardening", action="store_true", help="accept the current state as the baseline"
+    )
+    p.add_argument(
+        "--accept-unproven-tail",
+        action="store_true",
+        help="continue the agent's audit log past records no checkpoint covers (after a crash), "
+        "recording the acceptance",
     )
     p.add_argument("--once", action="store_true", help="every check once; exit code of the first failure")
     p = sub(agent, "baseline", cmd_agent_baseline, "record allowed canaries' answers as their baselines")

@@ -32,6 +32,7 @@ def inspect_bundle(paths: list[Path], root: TrustRoot | None = None) -> dict[str
         size = source.size
         statement = BundleStatement.from_payload(member.envelope.payload)
         documents = read_documents(source, member.end, statement)
+        cards = read_guard_cards(source, member.end, statement)
     message = pae(member.envelope.payload_type, member.envelope.payload)
     signers = []
     for signature in member.envelope.signatures:
@@ -80,7 +81,66 @@ def inspect_bundle(paths: list[Path], root: TrustRoot | None = None) -> dict[str
         **statement.extra,
         **_differential(statement),
         **describe_documents(documents, root),
+        "guards": [describe_guard(statement, name, data) for name, data in cards.items()],
     }
+
+
+MAX_GUARD_CARD_BYTES = 1024 * 1024
+GUARD_CARD = "card.json"
+
+
+def guard_cards(statement: BundleStatement) -> set[str]:
+    """The model cards of the bundle's learned guards (a guard component's card.json)."""
+    return {
+        name
+        for c in statement.components
+        if c.kind == "guard"
+        for name in c.members
+        if name.rsplit("/", 1)[-1] == GUARD_CARD
+    }
+
+
+def read_guard_cards(
+    source: ArchiveSource, envelope_end: int, statement: BundleStatement
+) -> dict[str, bytes]:
+    """Each guard's model card, read from the content where the statement places it and checked
+    against its signed digest before it is parsed."""
+    wanted = guard_cards(statement)
+    found: dict[str, bytes] = {}
+    offset = envelope_end
+    for member in statement.members:
+        if not wanted - set(found):
+            break
+        if member.name in wanted:
+            found[member.name] = _read_member(source, offset, member, statement)
+        offset += member_span(member.name, member.size, member.mode, statement.mtime)
+    return found
+
+
+def describe_guard(statement: BundleStatement, card_member: str, data: bytes) -> dict[str, Any]:
+    """The guard's model card in brief: what it was trained and evaluated on, and how it did."""
+    directory = card_member.rsplit("/", 1)[0]
+    manifest = next((m for m in statement.members if m.name == f"{directory}/guard.json"), None)
+    try:
+        card = json.loads(data)
+        evaluation = card.get("evaluation") or {}
+        summary = {
+            "member": card_member,
+            "manifestDigest": f"{statement.digest}:{manifest.digest}" if manifest else None,
+            "corpus": card["corpus"],
+            "thresholds": card["thresholds"],
+            "outOfFold": card["out_of_fold"],
+            "evaluationCorpus": card.get("evaluation_corpus"),
+            "overlap": card.get("overlap"),
+            "evaluation": {
+                key: evaluation[key]
+                for key in ("stopped", "right_action", "benign_stopped", "benign_band", "allow")
+                if key in evaluation
+            },
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{card_member}: not a guard model card: {exc!r}") from None
+    return summary
 
 
 def _is_document(name: str) -> bool:
@@ -88,6 +148,8 @@ def _is_document(name: str) -> bool:
 
 
 def _cap(name: str) -> int:
+    if name.endswith("/" + GUARD_CARD):
+        return MAX_GUARD_CARD_BYTES
     if name == SBOM_NAME:
         return MAX_SBOM_BYTES
     return MAX_PROVENANCE_BYTES if name == PROVENANCE_NAME else MAX_SIGNATURE_BYTES
@@ -205,7 +267,36 @@ def document_lines(doc: dict[str, Any]) -> list[str]:
         ]
     if not doc.get("modelSignatures"):
         lines.append("  model signatures: none")
+    for guard in doc.get("guards", []):
+        lines += guard_lines(guard)
     return lines
+
+
+def guard_lines(guard: dict[str, Any]) -> list[str]:
+    """Human lines for one learned guard's model card in an inspect_bundle result."""
+    trained = sum(guard["corpus"]["counts"].values())
+    limits = guard["thresholds"]
+    lines = [
+        f"  learned guard: {guard['member']} (guard.json {guard['manifestDigest']})",
+        f"    trained on {trained} prompts ({guard['corpus']['digest']}); "
+        f"thresholds band {limits['band']} stop {limits['stop']}",
+    ]
+    evaluation = guard["evaluation"]
+    if evaluation:
+        parts = [
+            f"stopped {_rate(evaluation['stopped'])}",
+            f"right action {_rate(evaluation['right_action'])}",
+            f"benign stopped {_rate(evaluation['benign_stopped'])}",
+        ]
+        if "discussion" in evaluation.get("allow", {}):
+            parts.append(f"discussion stopped {_rate(evaluation['allow']['discussion'])}")
+        lines.append("    held-out evaluation: " + ", ".join(parts))
+    return lines
+
+
+def _rate(r: dict[str, Any]) -> str:
+    low, high = r["ci95"]
+    return f"{100 * r['rate']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] of {r['n']}"
 
 
 def _differential(statement: BundleStatement) -> dict[str, Any]:

@@ -28,6 +28,7 @@ _CDX_TYPE = {
     "image": "container",
     "wheelhouse": "library",
     "policy": "data",
+    "guard": "data",  # the learned guard: plain data files (vocabulary, weights, self-test, card)
     "trust": "data",
 }
 # PEP 427 wheel file name: {distribution}-{version}(-{build})?-{python}-{abi}-{platform}.whl

@@ -297,6 +297,8 @@ def deploy_vars(statement: BundleStatement, payload: Payload | None) -> dict[str
         "enclave_deploy_model_file": "",
         "enclave_deploy_model_digest": "",
         "enclave_deploy_policy_file": "",
+        "enclave_deploy_guard_dir": "",
+        "enclave_deploy_guard_digest": "",
     }
     if payload is None:
         return out
@@ -311,7 +313,20 @@ def deploy_vars(statement: BundleStatement, payload: Payload | None) -> dict[str
         out["enclave_deploy_model_file"] = model
         out["enclave_deploy_model_digest"] = f"{statement.digest}:{members[model].digest}"
     out["enclave_deploy_policy_file"] = policy_file(statement) or ""
+    manifest = guard_manifest(statement)
+    if manifest is not None:
+        # The gateway pins the guard by the signed digest of its manifest, which pins the rest.
+        out["enclave_deploy_guard_dir"] = manifest.rsplit("/", 1)[0]
+        out["enclave_deploy_guard_digest"] = f"{statement.digest}:{members[manifest].digest}"
     return out
+
+
+def guard_manifest(statement: BundleStatement) -> str | None:
+    """The learned guard's guard.json: the first guard component's manifest member, if any."""
+    for component in statement.components:
+        if component.kind == "guard":
+            return next((m for m in component.members if m.rsplit("/", 1)[-1] == "guard.json"), None)
+    return None
 
 
 def policy_file(statement: BundleStatement) -> str | None:
@@ -342,7 +357,13 @@ def check_policy(statement: BundleStatement, root: TrustRoot, extracted: Path) -
     if member is None:
         raise UsageError(f"{statement.name} {statement.version} carries the gateway but no policy component")
     policy = parse_policy((extracted / member).read_bytes(), member)
-    check_approvable(policy, root.role_keys("approver"), root.roles["approver"].threshold, Path("root.json"))
+    check_approvable(
+        policy,
+        root.role_keys("approver"),
+        root.roles["approver"].threshold,
+        Path("root.json"),
+        guarded=guard_manifest(statement) is not None,
+    )
 
 
 def gateway_component(opts: Options) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from enclave.errors import PolicyError, UsageError
+from enclave.guard.model import load_guard
 from enclave.runtime.agent.canaries import (
     Canary,
     Observation,
@@ -21,6 +22,7 @@ from enclave.runtime.agent.canaries import (
     parse_canaries,
     record_baselines,
 )
+from enclave.runtime.gateway.decide import decide, guard_texts
 from enclave.runtime.gateway.inspect import parse_body, texts_of
 from enclave.runtime.gateway.policy import load_policy
 from tests.unit.test_gateway_support import (
@@ -52,15 +54,21 @@ def trust(tmp_path: Path) -> Trust:
 # -- the shipped file --------------------------------------------------------------------------
 
 
-def test_default_canaries_agree_with_the_default_policy() -> None:
-    """Every shipped canary gets, from the shipped policy, the decision and rule it expects,
-    evaluated on exactly the request body the agent sends."""
+def test_default_canaries_agree_with_the_default_policy_and_guard() -> None:
+    """Every shipped canary gets, from the shipped policy and learned guard, the decision and rule
+    it expects, evaluated on exactly the request body the agent sends; the guard's canaries are
+    ones no rule stops, so a missing or degraded guard shows as drift."""
     canaries = load_canaries(DEFAULT_CANARIES)
     policy = load_policy(DEFAULT_POLICY)
+    guard = load_guard(DEFAULT_POLICY.parents[1] / "guard" / "model")
     assert {c.expect for c in canaries.canaries} == {"allow", "refuse", "hold"}
     for canary in canaries.canaries:
-        verdict = policy.evaluate(texts_of(parse_body(canaries.request_body(canary))))
-        assert (verdict.action, verdict.rule_id) == (canary.expect, canary.rule), canary.id
+        doc = parse_body(canaries.request_body(canary))
+        decision = decide(policy, guard, texts_of(doc), guard_input=guard_texts(doc))
+        assert (decision.action, decision.rule_id) == (canary.expect, canary.rule), canary.id
+        if (canary.rule or "").startswith("guard."):
+            assert policy.evaluate(texts_of(doc)).action == "allow", canary.id
+    assert sum((c.rule or "").startswith("guard.") for c in canaries.canaries) >= 3
     disguised = next(c for c in canaries.canaries if c.id == "refuse.surveillance-disguised")
     assert "\u200b" in disguised.prompt and "\uff53" in disguised.prompt
 

@@ -98,8 +98,13 @@ class Upstream:
 
 
 @asynccontextmanager
-async def upstream_stub() -> AsyncIterator[Upstream]:
+async def upstream_stub(answer: str | None = None) -> AsyncIterator[Upstream]:
+    """`answer` replaces the stub's non-streamed answer text (to test the answer check)."""
     state = Upstream()
+    completion_body = COMPLETION
+    if answer is not None:
+        completion_body = json.loads(json.dumps(COMPLETION))
+        completion_body["choices"][0]["message"]["content"] = answer
 
     async def completion(request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -113,7 +118,7 @@ async def upstream_stub() -> AsyncIterator[Upstream]:
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
-        return web.json_response(COMPLETION)
+        return web.json_response(completion_body)
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model"}]})

@@ -79,6 +79,19 @@ def test_deploy_vars_name_the_images_the_served_weights_and_the_policy() -> None
     assert out["enclave_deploy_policy_file"] == "content/policy/default.yaml"
 
 
+def test_deploy_vars_pin_the_guard_by_the_signed_digest_of_its_manifest() -> None:
+    guard = ComponentEntry(
+        "guard", "guard", tuple(f"content/guard/{n}" for n in ("card.json", "guard.json", "weights.npy"))
+    )
+    s = statement(WEIGHTS, SERVER, GATEWAY, POLICY, guard)
+    out = deploy_vars(s, PAYLOAD)
+    index = [m.name for m in s.members].index("content/guard/guard.json")
+    assert out["enclave_deploy_guard_dir"] == "content/guard"
+    assert out["enclave_deploy_guard_digest"] == "sha384:" + f"{index:096x}"
+    without = deploy_vars(statement(WEIGHTS, SERVER, GATEWAY, POLICY), PAYLOAD)
+    assert (without["enclave_deploy_guard_dir"], without["enclave_deploy_guard_digest"]) == ("", "")
+
+
 def test_nothing_to_deploy_in_check_mode_or_without_a_model() -> None:
     out = deploy_vars(statement(WEIGHTS, SERVER, GATEWAY, POLICY), None)
     assert out["enclave_deploy_images"] == [] and out["enclave_deploy_model_file"] == ""

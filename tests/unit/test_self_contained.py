@@ -13,9 +13,9 @@ OUTSIDE = re.compile(r"\.\./shared\b|\bshared/standards\b|\"shared\"\s*/\s*\"sta
 
 
 def tracked_text_files() -> list[Path]:
-    names = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
-    ).stdout.split(b"\0")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout.split(
+        b"\0"
+    )
     files = []
     for name in filter(None, names):
         path = REPO / name.decode()

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -36,6 +36,7 @@ from enclave.runtime.gateway.approvals import (
     Rejected,
     verify_requester,
 )
+from enclave.runtime.gateway.decide import decide, guard_texts, judge_answer
 from enclave.runtime.gateway.inspect import (
     CHAT_PATH,
     COMPLETIONS_PATH,
@@ -46,8 +47,11 @@ from enclave.runtime.gateway.inspect import (
     request_hash,
     texts_of,
 )
-from enclave.runtime.gateway.policy import Policy
+from enclave.runtime.gateway.policy import Policy, Rule
 from enclave.trust.keys import PublicKey
+
+if TYPE_CHECKING:  # the guard imports the normaliser, under this package
+    from enclave.guard.model import Guard
 
 MAX_BODY = 1 << 20
 _FORWARD_HEADERS = ("Content-Type", "Accept")
@@ -65,6 +69,7 @@ class GatewayConfig:
     upstream_timeout: float = 600.0
     max_body: int = MAX_BODY
     sweep_seconds: float = 1.0
+    guard: Guard | None = None  # the learned layer behind the rules (None: rules only)
 
 
 class _Metrics:
@@ -131,6 +136,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._upstream = config.upstream.rstrip("/")
+        self.guard = config.guard
         self._base = {"policy_digest": self.policy.digest, "model_digest": config.model_digest}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -216,9 +222,11 @@ class Gateway:
                     "gateway.requester",
                     str(exc),
                 )
-        verdict = self.policy.evaluate(texts)
-        if verdict.action == "refuse":
-            matched = verdict.rule
+        guard_input = guard_texts(doc) if self.guard else None
+        decision = decide(self.policy, self.guard, texts, guard_input=guard_input)
+        how = decision.record(self.guard)
+        if decision.action == "refuse":
+            matched = decision.rule
             message = (
                 f"refused by policy rule {matched.id}: {matched.description}"
                 if matched
@@ -226,16 +234,16 @@ class Gateway:
             )
             return await self._refuse(
                 request_id, path, digest, requester, started, 400, "policy_refusal",
-                verdict.rule_id or "policy.default", message, kind="policy_refusal",
+                decision.rule_id or "policy.default", message, kind="policy_refusal", how=how,
             )  # fmt: skip
-        if verdict.action == "hold":
-            assert verdict.rule is not None
+        if decision.action == "hold":
+            assert decision.rule is not None
             return await self._hold(
-                request, request_id, path, digest, body, requester, verdict.rule.id, started
+                request, request_id, path, digest, body, requester, decision.rule, started, how
             )
         try:
             await self.audit.append(
-                self._decision(request_id, path, digest, "allow", None, requester, started, 200)
+                self._decision(request_id, path, digest, "allow", None, requester, started, 200, how=how)
             )
         except AuditUnavailable as exc:
             self.metrics.requests.labels(path, "unavailable").inc()
@@ -249,11 +257,45 @@ class Gateway:
             self._outcome(request_id, digest, 502, b"", started)
             return _error(502, f"model server unavailable: {exc}", "upstream_unavailable", "server_error")
         self._outcome(request_id, digest, status, payload, started)
+        if self.guard is not None and status == 200:
+            withheld = await self._check_answer(request_id, path, digest, content_type, payload)
+            if withheld is not None:
+                return withheld
         response = web.Response(body=payload, status=status, content_type=None)
         response.headers["Content-Type"] = content_type
         response.headers["X-Enclave-Request-Id"] = request_id
         self.metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
+
+    async def _check_answer(
+        self, request_id: str, path: str, digest: str, content_type: str, payload: bytes
+    ) -> web.Response | None:
+        """The model's answer goes through the guard before release; a stopped answer is withheld
+        (never released), with a durable record of why."""
+        assert self.guard is not None
+        answer = judge_answer(self.guard, content_type, payload)
+        if answer.action == "allow":
+            return None
+        assert answer.rule is not None
+        record = {
+            "event": "answer",
+            "id": request_id,
+            "request_hash": digest,
+            "decision": "withhold",
+            "rule": answer.rule.id,
+            "response_sha256": hashlib.sha256(payload).hexdigest(),
+            **answer.record(self.guard),
+            **self._base,
+        }
+        try:
+            await self.audit.append(record)
+        except AuditUnavailable as exc:
+            return _error(503, f"audit log unavailable: {exc}", "audit_unavailable", "server_error")
+        self.metrics.requests.labels(path, "withhold").inc()
+        return _error(
+            400, f"the model's answer was withheld: {answer.rule.description}", "answer_withheld",
+            "policy_refusal", rule=answer.rule.id, request_id=request_id, request_hash=digest,
+        )  # fmt: skip
 
     def _decision(
         self,
@@ -266,6 +308,7 @@ class Gateway:
         started: float,
         status: int,
         approvers: list[str] | None = None,
+        how: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         return {
             "event": "decision",
@@ -278,6 +321,7 @@ class Gateway:
             "approvers": approvers or [],
             "status": status,
             "latency_us": int((time.perf_counter() - started) * 1e6),
+            **(how or {}),
             **self._base,
         }
 
@@ -310,16 +354,25 @@ class Gateway:
         rule: str,
         message: str,
         kind: str = "invalid_request_error",
+        how: dict[str, Any] | None = None,
     ) -> web.Response:
         try:
             await self.audit.append(
-                self._decision(request_id, path, digest, "refuse", rule, requester, started, status)
+                self._decision(request_id, path, digest, "refuse", rule, requester, started, status, how=how)
             )
         except AuditUnavailable as exc:
             return _error(503, f"audit log unavailable: {exc}", "audit_unavailable", "server_error")
         self.metrics.requests.labels(path, "refuse").inc()
+        layer = {"layer": how["layer"]} if how else {}
         return _error(
-            status, message, code, kind, rule=rule, request_id=request_id, request_hash=digest or None
+            status,
+            message,
+            code,
+            kind,
+            rule=rule,
+            request_id=request_id,
+            request_hash=digest or None,
+            **layer,
         )
 
     async def _hold(
@@ -330,15 +383,16 @@ class Gateway:
         digest: str,
         body: bytes,
         requester: str | None,
-        rule_id: str,
+        rule: Rule,
         started: float,
+        how: dict[str, Any],
     ) -> web.Response:
-        rule = next(r for r in self.policy.rules if r.id == rule_id)
+        rule_id = rule.id
         if requester is None:
             return await self._refuse(
                 request_id, path, digest, None, started, 401, "requester_token_required", rule_id,
                 f"rule {rule_id} holds this request for approval; held requests need a signed "
-                f"{REQUESTER_HEADER} token so the requester cannot approve it",
+                f"{REQUESTER_HEADER} token so the requester cannot approve it", how=how,
             )  # fmt: skip
         try:
             held = self.book.hold(
@@ -346,11 +400,11 @@ class Gateway:
             )
         except Rejected as exc:
             return await self._refuse(
-                request_id, path, digest, requester, started, exc.status, exc.code, rule_id, str(exc)
+                request_id, path, digest, requester, started, exc.status, exc.code, rule_id, str(exc), how=how
             )
         try:
             await self.audit.append(
-                self._decision(request_id, path, digest, "hold", rule_id, requester, started, 202)
+                self._decision(request_id, path, digest, "hold", rule_id, requester, started, 202, how=how)
             )
         except AuditUnavailable as exc:
             held.state = "failed"
@@ -365,6 +419,7 @@ class Gateway:
             "request_hash": digest,
             "status": "held",
             "rule": rule_id,
+            "layer": how["layer"],
             "approvals_required": held.required,
             "expires_at": summary["expires_at"],
             "poll": f"/v1/held/{held.id}",
@@ -469,9 +524,15 @@ class Gateway:
                 503, "audit log unavailable: refusing all requests", "audit_unavailable", "server_error"
             )
         request_id = request.match_info["id"]
-        data = await request.read()
         now = time.time()
+        data = b""
         try:
+            try:
+                data = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Rejected(
+                    413, "request_too_large", f"approval body exceeds {self.config.max_body} bytes"
+                ) from None
             held, statement = self.book.submit(request_id, data, now)
         except Rejected as exc:
             # Failed approval attempts (self-approval, replays, strangers' keys) are evidence too.

@@ -30,7 +30,8 @@ _MAX_WITHIN = 10_000
 
 _TOP_KEYS = ("apiVersion", "kind", "metadata", "spec")
 _METADATA_KEYS = ("name", "version", "description")
-_SPEC_KEYS = ("default", "approval", "rules", "examples")
+_SPEC_KEYS = ("default", "approval", "discussion", "guard", "rules", "examples")
+_GUARD_KEYS = ("approvals",)
 _APPROVAL_KEYS = ("timeout_seconds", "clock_skew_seconds", "max_pending")
 _RULE_KEYS = ("id", "action", "description", "approvals", "match", "examples")
 _MATCH_KEYS = ("any", "all", "within")
@@ -84,6 +85,8 @@ class Policy:
         approval: ApprovalSettings,
         text: bytes,
         source: str,
+        discussion: Sequence[Term] = (),
+        guard_approvals: int | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -93,7 +96,11 @@ class Policy:
         self.text = text
         self.source = source
         self.digest = "sha256:" + hashlib.sha256(text).hexdigest()
-        terms: list[tuple[str, bool]] = []
+        self.discussion = tuple(discussion)
+        # Holds decided by the learned guard need as many approvers as the strictest hold rule.
+        self.guard_approvals = guard_approvals or max((r.approvals for r in self.rules), default=1)
+        terms: list[tuple[str, bool]] = [(term.squeezed, term.prefix) for term in self.discussion]
+        self._discussion_ids = range(len(terms))
         # _slots[r][g] = term ids of group g of rule r
         self._slots: list[list[list[int]]] = []
         for rule in self.rules:
@@ -117,7 +124,9 @@ class Policy:
         # separate calls would, and each Unicode step is cheaper on one string than many.
         tokens = skeleton_tokens("\n".join(texts))
         hits = self._matcher.find(tokens)
-        if not hits:
+        if not hits or any(term_id in hits for term_id in self._discussion_ids):
+            # Discussion framing (history, law, a lecture, an op-ed...) silences every rule:
+            # the rules are for operational requests, and the learned guard still judges.
             return []
         matched = []
         for rule, slots in zip(self.rules, self._slots, strict=True):
@@ -298,7 +307,16 @@ class _Checker:
                 )
             seen[rule.id] = index
             rules.append(rule)
-        policy = Policy(name, version, default, rules, approval, text, self.source)
+        discussion: tuple[Term, ...] = ()
+        if "discussion" in spec:
+            discussion = self.terms(spec["discussion"], "spec.discussion")
+        guard_approvals = None
+        if "guard" in spec:
+            section = self.mapping(spec["guard"], "spec.guard", _GUARD_KEYS, ("approvals",))
+            guard_approvals = self.integer(section["approvals"], "spec.guard.approvals", 1, 100)
+        policy = Policy(
+            name, version, default, rules, approval, text, self.source, discussion, guard_approvals
+        )
         self.self_test(policy, raw_rules, spec.get("examples"))
         return policy
 

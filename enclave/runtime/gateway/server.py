@@ -30,6 +30,7 @@ from enclave.trust.keys import PublicKey, SigningKey
 from enclave.trust.root import TrustRoot
 
 DEFAULT_LISTEN = "127.0.0.1:8088"
+MAX_HEADER_FIELD = 32 * 1024
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -67,11 +68,21 @@ def prepare(
     checkpoint_every: int = 1000,
     checkpoint_seconds: float = 10.0,
     now: datetime | None = None,
+    guard: Path | None = None,
+    guard_digest: str | None = None,
+    accept_unproven_tail: bool = False,
 ) -> Prepared:
-    """Everything `serve` checks before listening; raises the typed errors."""
+    """Everything `serve` checks before listening; raises the typed errors.
+
+    `accept_unproven_tail`: an operator accepts records at the end of the audit log that no
+    checkpoint covers (after a crash); the log then says so (docs/GATEWAY.md 5.4)."""
     host, port = parse_listen(listen)
     upstream = check_upstream(upstream)
     loaded = load_policy(policy)
+    # The guard's pins and self-test run before the gateway listens: a guard that changed stops it.
+    from enclave.guard.model import load_guard  # the guard imports this package's normaliser
+
+    learned = load_guard(guard, guard_digest) if guard is not None else None
     signer = SigningKey.load(audit_key)
     approvers: dict[str, PublicKey] = {}
     threshold = 1
@@ -89,13 +100,14 @@ def prepare(
             )
         approvers = root.role_keys("approver")
         threshold = root.roles["approver"].threshold
-    check_approvable(loaded, approvers, threshold, trust)
+    check_approvable(loaded, approvers, threshold, trust, guarded=learned is not None)
     log = AuditLog.open(
         audit_log,
         signer,
         audit_keys=audit_keys,
         checkpoint_every=checkpoint_every,
         checkpoint_seconds=checkpoint_seconds,
+        accept_unproven_tail=accept_unproven_tail,
     )
     digest = model_digest or "unknown"
     config = GatewayConfig(
@@ -105,6 +117,7 @@ def prepare(
         approvers=approvers,
         approver_threshold=threshold,
         model_digest=digest,
+        guard=learned,
     )
     start_fields = {
         "policy_digest": loaded.digest,
@@ -117,27 +130,41 @@ def prepare(
         "trust_root": trust_digest,
         "approvers": sorted(approvers),
         "normalisation": NORMALISATION,
+        "guard": None
+        if learned is None
+        else {
+            "digest": learned.digest,
+            "name": learned.name,
+            "version": learned.version,
+            "thresholds": learned.thresholds.as_dict(),
+            "deadline_ms": learned.deadline_ms,
+        },
         "enclave_version": enclave.__version__,
     }
     return Prepared(config, start_fields, host, port)
 
 
 def check_approvable(
-    policy: Policy, approvers: dict[str, PublicKey], threshold: int, trust: Path | None
+    policy: Policy,
+    approvers: dict[str, PublicKey],
+    threshold: int,
+    trust: Path | None,
+    guarded: bool = False,
 ) -> None:
     """PolicyError unless every hold rule can gather its approvals from the root's approver
     role (the requester, an approver too, never counts). Also run by `enclave provision` on
     the controller before a gateway is deployed."""
-    holds = [r for r in policy.rules if r.action == "hold"]
+    holds = [r.approvals for r in policy.rules if r.action == "hold"]
+    if guarded:  # the learned guard holds too (its band always, and targeting requests)
+        holds.append(policy.guard_approvals)
     if not holds:
         return
     if trust is None:
         raise PolicyError(
-            f"{policy.source}: rule {holds[0].id} holds requests for approval, "
-            "but no --trust root names approvers"
+            f"{policy.source}: the policy holds requests for approval, but no --trust root names approvers"
         )
     # The requester is an approver too and cannot approve, so one key is always out.
-    needed = max(max(r.approvals for r in holds), threshold)
+    needed = max(max(holds), threshold)
     if len(approvers) - 1 < needed:
         raise PolicyError(
             f"{policy.source}: hold rules need {needed} approvers besides the requester, "
@@ -160,7 +187,11 @@ async def start_gateway(prepared: Prepared) -> RunningGateway:
     """Start the audit writer (start record + checkpoint), then listen."""
     await prepared.config.audit.start(prepared.start_fields)
     gateway = Gateway(prepared.config)
-    runner = web.AppRunner(gateway.application(), access_log=None, handle_signals=False)
+    # A requester token signed with ML-DSA-87 is ~8.8 KB, over aiohttp's default 8,190-byte
+    # header field: refused before any handler ran, it would leave no record.
+    runner = web.AppRunner(
+        gateway.application(), access_log=None, handle_signals=False, max_field_size=MAX_HEADER_FIELD
+    )
     await runner.setup()
     site = web.TCPSite(runner, prepared.host, prepared.port, backlog=1024, reuse_address=True)
     try:
@@ -186,6 +217,9 @@ def serve(
     model_digest: str | None = None,
     checkpoint_every: int = 1000,
     checkpoint_seconds: float = 10.0,
+    guard: Path | None = None,
+    guard_digest: str | None = None,
+    accept_unproven_tail: bool = False,
 ) -> None:
     """`enclave gateway serve`: blocks until SIGINT/SIGTERM, then writes a final checkpoint."""
     prepared = prepare(
@@ -198,6 +232,9 @@ def serve(
         model_digest=model_digest,
         checkpoint_every=checkpoint_every,
         checkpoint_seconds=checkpoint_seconds,
+        guard=guard,
+        guard_digest=guard_digest,
+        accept_unproven_tail=accept_unproven_tail,
     )
     asyncio.run(_serve(prepared))
 
