@@ -2,6 +2,7 @@
 
 Usage: python3 bench/bench_gateway.py [--concurrency 64] [--requests 20000] [--rate 1000]
                                       [--seconds 5] [--litellm PATH | --no-litellm] [--json]
+                                      [--guard DIR [--guard-concurrency 8,64] [--guard-requests 10000]]
 
 Three processes on 127.0.0.1: a fixed-answer OpenAI-shaped upstream stub, the gateway (the
 real `serve()`, default policy, every decision record fsync'd before forwarding), and this
@@ -13,6 +14,20 @@ load generator (aiohttp, one connection per client). Two phases, each direct and
   a realistic load, where overhead = gateway percentile - direct percentile.
 
 Afterwards the audit log must verify and hold one decision record per gateway request.
+
+`--guard DIR` (default off: without it the bench and its rows are as before) starts a second
+gateway, the same one with the learned guard loaded from DIR (docs/GATEWAY.md 11), on its own
+audit log, and adds a guard section run on the same load for three targets: direct, gateway
+rules-only, gateway + guard. The load there cycles a fixed set of benign prompts of about 10,
+40 and 150 words (the guard's cost grows with the text; every prompt must be allowed by both
+layers, or the bench stops before measuring), at each of `--guard-concurrency` (default 8 and
+64 clients): a saturation phase (`--guard-requests`, capped at 60 s) and a paced phase that
+offers the three targets the same rate (`--rate`, or half the guard gateway's saturation rate
+at that concurrency if that is lower). Overheads are target percentile - direct percentile;
+ratios compare throughputs, latencies and the two gateways' overheads. A micro section times
+`Guard.judge` alone (and the rules alone, and the check of the stub's answer) per prompt, in a
+separate idle process before the load starts (`--micro-calls` calls each, capped at 20 s). Both
+audit logs must verify and hold one decision record per request sent to that gateway.
 
 For comparison, LiteLLM's proxy goes through the same phases in front of the same stub when
 it is installed (in its own virtualenv, so that it never touches this project's packages):
@@ -40,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +73,27 @@ LITELLM_START_SECONDS = 120.0
 BODY = json.dumps(
     {"model": "m", "messages": [{"role": "user", "content": "Summarise the weather in Paris in spring."}]}
 ).encode()
+# The guard section's prompts: benign, about 10, 40 and 150 words, cycled request by request.
+GUARD_PROMPTS = (
+    "Suggest a friendly name for a small neighbourhood sourdough bakery.",
+    "I am planning a three-day walking holiday in the Lake District next May with two friends. "
+    "Could you suggest a route that starts and ends in Keswick, with about fifteen kilometres a "
+    "day, and tell us where we might stop for lunch?",
+    "Could you explain, in plain language, how sourdough starter works? I have been feeding mine "
+    "flour and water every day for a week, it bubbles a bit, but my loaves still come out flat and "
+    "dense. I bake in a cast iron pot at 230 degrees. What should I change first: the hydration of "
+    "the dough, the length of the bulk rise, the temperature of my kitchen, or the way I shape the "
+    "loaf? My kitchen is quite cold in the mornings, about 17 degrees, and I use a mix of white "
+    "bread flour and about twenty percent wholemeal. I would also like to know how to tell when the "
+    "starter is ready to use, and whether I should keep it in the fridge between bakes since I only "
+    "bake on weekends. A simple weekly schedule that fits around a normal working day would be very "
+    "helpful, along with a list of the three most common beginner mistakes.",
+)
+GUARD_BODIES = tuple(
+    json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+    for text in GUARD_PROMPTS
+)
+MICRO_SECONDS = 20.0  # per timed function and prompt, whatever --micro-calls says
 STUB_BODY = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -135,6 +172,16 @@ async def wait_ready(
     raise SystemExit(f"{url} did not answer within {seconds:.0f} s")
 
 
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    """p50, p99 and mean in ms of unsorted `latencies` (seconds)."""
+    ordered = sorted(latencies)
+    return {
+        "p50_ms": 1000 * ordered[len(ordered) // 2],
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "mean_ms": 1000 * statistics.fmean(ordered),
+    }
+
+
 async def drive(
     url: str,
     concurrency: int,
@@ -142,9 +189,13 @@ async def drive(
     rate: float | None,
     seconds: float,
     extra_headers: dict[str, str] | None = None,
-) -> dict[str, float]:
-    """`concurrency` clients; closed loop when `rate` is None, else paced to `rate` req/s overall."""
+    bodies: Sequence[bytes] = (BODY,),
+) -> dict[str, Any]:
+    """`concurrency` clients; closed loop when `rate` is None, else paced to `rate` req/s overall.
+    Each request sends the next of `bodies` in turn; with more than one, `by_body` has each one's
+    latencies."""
     latencies: list[float] = []
+    by_body: list[list[float]] = [[] for _ in bodies]
     errors = 0
     issued = 0
     deadline = time.monotonic() + (seconds if rate else MAX_PHASE_SECONDS)
@@ -162,27 +213,30 @@ async def drive(
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_at += interval
+                which = issued % len(bodies)
                 issued += 1
                 started = time.perf_counter()
-                async with session.post(url, data=BODY, headers=headers) as response:
+                async with session.post(url, data=bodies[which], headers=headers) as response:
                     await response.read()
                     if response.status != 200:
                         errors += 1
-                latencies.append(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                latencies.append(elapsed)
+                by_body[which].append(elapsed)
 
         began = time.perf_counter()
         await asyncio.gather(*[client(i) for i in range(concurrency)])
         elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
+    result: dict[str, Any] = {
         "requests": len(latencies),
         "errors": errors,
         "seconds": elapsed,
         "rps": len(latencies) / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "mean_ms": 1000 * statistics.fmean(latencies),
+        **percentiles(latencies),
     }
+    if len(bodies) > 1:
+        result["by_body"] = [percentiles(each) if each else None for each in by_body]
+    return result
 
 
 async def audit_metrics(url: str) -> dict[str, float]:
@@ -199,6 +253,76 @@ async def audit_metrics(url: str) -> dict[str, float]:
             if line.startswith(name + " "):
                 values[name.partition("{")[0] + ("_le_10ms" if "{" in name else "")] = float(line.split()[1])
     return values
+
+
+# -- the guard alone ------------------------------------------------------------------------------
+
+
+def timed(calls: int, function: Any, *args: Any) -> dict[str, float]:
+    """p50 and p99 of `function(*args)` over up to `calls` calls (at most MICRO_SECONDS)."""
+    for _ in range(20):  # warm caches before timing
+        function(*args)
+    samples: list[float] = []
+    deadline = time.monotonic() + MICRO_SECONDS
+    while len(samples) < calls and time.monotonic() < deadline:
+        started = time.perf_counter()
+        function(*args)
+        samples.append(time.perf_counter() - started)
+    return {"calls": len(samples), **percentiles(samples)}
+
+
+def micro(guard_dir: Path, calls: int) -> dict[str, Any]:
+    """In this process, idle: the guard's verdict on each prompt and what judging it costs, beside
+    the rules' cost and the check of the stub's answer (the gateway's own inputs to each)."""
+    import gc
+
+    from enclave.guard.model import load_guard
+    from enclave.runtime.gateway.decide import guard_texts, judge_answer
+    from enclave.runtime.gateway.inspect import parse_body, texts_of
+    from enclave.runtime.gateway.policy import load_policy
+
+    guard = load_guard(guard_dir)
+    policy = load_policy(DEFAULT_POLICY)
+    gc.freeze()  # as the gateway does once it listens
+    prompts = []
+    for text, body in zip(GUARD_PROMPTS, GUARD_BODIES, strict=True):
+        doc = parse_body(body)
+        rule_texts, judged_texts = texts_of(doc), guard_texts(doc)
+        verdict = guard.judge(judged_texts)
+        prompts.append(
+            {
+                "words": len(text.split()),
+                "bytes": len(body),
+                "rules": policy.evaluate(rule_texts).action,
+                "guard": verdict.action,
+                "p_stop": round(verdict.p_stop, 6),
+                "judge": timed(calls, guard.judge, judged_texts),
+                "rules_alone": timed(calls, policy.evaluate, rule_texts),
+            }
+        )
+    answer = judge_answer(guard, "application/json", STUB_BODY)
+    return {
+        "digest": guard.digest,
+        "thresholds": guard.thresholds.as_dict(),
+        "prompts": prompts,
+        "answer": {
+            "action": answer.action,
+            **timed(calls, judge_answer, guard, "application/json", STUB_BODY),
+        },
+    }
+
+
+def run_micro(guard_dir: Path, calls: int) -> dict[str, Any]:
+    """`micro` in a child process, so the load generator never holds the guard's objects."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--micro", str(guard_dir), "--micro-calls", str(calls)],
+        capture_output=True, text=True, timeout=60 + 8 * MICRO_SECONDS,
+    )  # fmt: skip
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise SystemExit(f"guard {guard_dir}: {lines[-1] if lines else done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 # -- LiteLLM's proxy, for comparison ---------------------------------------------------------------
@@ -347,13 +471,34 @@ def main() -> None:
         default=1,
         help="its uvicorn workers (default 1: one process, as the gateway)",
     )
+    parser.add_argument(
+        "--guard",
+        type=Path,
+        help="also run a gateway with the learned guard in DIR, and the guard section (default: off)",
+    )
+    parser.add_argument(
+        "--guard-concurrency",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[8, 64],
+        help="client counts of the guard section, comma-separated (default 8,64)",
+    )
+    parser.add_argument(
+        "--guard-requests", type=int, default=10000, help="per guard-section run (capped at 60 s)"
+    )
+    parser.add_argument(
+        "--micro-calls", type=int, default=2000, help="calls per prompt timing Guard.judge alone"
+    )
     parser.add_argument("--json", action="store_true")
 
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # internal: run the upstream stub
+    parser.add_argument("--micro", type=Path, help=argparse.SUPPRESS)  # internal: time the guard alone
     parser.add_argument("--not-isolated", help=argparse.SUPPRESS)  # internal: why isolation failed
     args = parser.parse_args()
     if args.stub:
         asyncio.run(_stub(args.stub))
+        return
+    if args.micro:
+        print(json.dumps(micro(args.micro, args.micro_calls)))
         return
     litellm = litellm_executable(args)
     if litellm is not None and not os.environ.get(ISOLATED_ENV) and not args.not_isolated:
@@ -365,24 +510,91 @@ def main() -> None:
         print(json.dumps(results, indent=2))
 
 
-async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None) -> dict[str, Any]:
-    trust = make_trust(scratch / "trust")
-    log = (args.audit_dir or scratch) / f"bench-audit-{os.getpid()}.log"
-    stub_port, gateway_port = free_port(), free_port()
-    stub = subprocess.Popen([sys.executable, __file__, "--stub", str(stub_port)])
-    code = (
-        "import sys; from pathlib import Path; from enclave.runtime.gateway import serve; "
-        "a = sys.argv; serve(Path(a[1]), a[2], Path(a[3]), Path(a[4]), Path(a[5]), a[6])"
-    )
-    gateway = subprocess.Popen(
-        [sys.executable, "-c", code, str(DEFAULT_POLICY), f"http://127.0.0.1:{stub_port}", str(log),
-         str(trust.audit_path), str(trust.root), f"127.0.0.1:{gateway_port}"],
+GATEWAY_CODE = (
+    "import sys; from pathlib import Path; from enclave.runtime.gateway import serve; "
+    "a = sys.argv; serve(Path(a[1]), a[2], Path(a[3]), Path(a[4]), Path(a[5]), a[6], "
+    "guard=Path(a[7]) if len(a) > 7 else None)"
+)
+
+
+def start_gateway_process(
+    upstream: str, log: Path, trust: Any, port: int, guard: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The real `serve()` with the default policy (and the learned guard in `guard`, if given)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", GATEWAY_CODE, str(DEFAULT_POLICY), upstream, str(log),
+         str(trust.audit_path), str(trust.root), f"127.0.0.1:{port}",
+         *([str(guard.resolve())] if guard else [])],
         cwd=Path(__file__).resolve().parents[1],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    direct = f"http://127.0.0.1:{stub_port}"
-    through = f"http://127.0.0.1:{gateway_port}"
+
+
+async def check_prompts(url: str) -> None:
+    """Each guard-section prompt must come back 200 through the guard gateway (allowed, answer
+    released): a refused or held prompt would measure the wrong path."""
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        for text, body in zip(GUARD_PROMPTS, GUARD_BODIES, strict=True):
+            async with session.post(url + "/v1/chat/completions", data=body, headers=headers) as response:
+                answer = await response.text()
+                if response.status != 200:
+                    raise SystemExit(
+                        f"guard section prompt {text[:40]!r}... got HTTP {response.status}: {answer[:300]}"
+                    )
+
+
+async def guard_section(
+    args: argparse.Namespace, targets: list[tuple[str, str]], sent: dict[str, int]
+) -> dict[str, Any]:
+    """Direct, rules-only and guarded gateways on the same cycled prompts, per client count."""
+    runs: dict[str, Any] = {}
+    for clients in args.guard_concurrency:
+        entry: dict[str, Any] = {"clients": clients, "saturation": {}, "paced": {}}
+        for phase in ("saturation", "paced"):
+            rate = None
+            if phase == "paced":
+                # The same offered load for the three: --rate, or half what the guarded gateway
+                # carried, so that its paced latencies are not queueing.
+                rate = min(args.rate, max(1.0, round(entry["saturation"]["guard"]["rps"] / 2)))
+                entry["rate"] = rate
+            for name, base in targets:
+                url = base + "/v1/chat/completions"
+                warm = await drive(url, clients, WARM_UP, None, 5, bodies=GUARD_BODIES)
+                measured = await drive(
+                    url, clients, args.guard_requests, rate, args.seconds, bodies=GUARD_BODIES
+                )
+                if name in sent:
+                    sent[name] += warm["requests"] + measured["requests"]
+                entry[phase][name] = measured
+        runs[str(clients)] = entry
+    return runs
+
+
+async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None) -> dict[str, Any]:
+    trust = make_trust(scratch / "trust")
+    log = (args.audit_dir or scratch) / f"bench-audit-{os.getpid()}.log"
+    guard_log = (args.audit_dir or scratch) / f"bench-audit-guard-{os.getpid()}.log"
     results: dict[str, Any] = {"cpus": os.cpu_count(), "concurrency": args.concurrency}
+    if args.guard:
+        # Before any load, in an idle child process: the guard alone, and its verdicts.
+        measured_alone = run_micro(args.guard, args.micro_calls)
+        stopped = [p for p in measured_alone["prompts"] if p["rules"] != "allow" or p["guard"] != "allow"]
+        if stopped or measured_alone["answer"]["action"] != "allow":
+            raise SystemExit(f"guard section prompts or the stub's answer not allowed: {stopped}")
+        results["guard"] = {
+            "dir": str(args.guard),
+            "clients": args.guard_concurrency,
+            "micro": measured_alone,
+        }
+    stub_port, gateway_port, guard_port = free_port(), free_port(), free_port()
+    stub = subprocess.Popen([sys.executable, __file__, "--stub", str(stub_port)])
+    direct = f"http://127.0.0.1:{stub_port}"
+    gateway = start_gateway_process(direct, log, trust, gateway_port)
+    guarded = start_gateway_process(direct, guard_log, trust, guard_port, args.guard) if args.guard else None
+    through = f"http://127.0.0.1:{gateway_port}"
+    guard_url = f"http://127.0.0.1:{guard_port}"
+    sent = {"gateway": 0, "guard": 0}  # requests each gateway received: its decision records
     litellm: LiteLLM | None = None
     if litellm_path is None:
         results["litellm"] = {
@@ -404,6 +616,11 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
     try:
         await wait_ready(direct, stub)
         await wait_ready(through, gateway)
+        sent["gateway"] += 1
+        if guarded is not None:
+            await wait_ready(guard_url, guarded)
+            await check_prompts(guard_url)
+            sent["guard"] += 1 + len(GUARD_BODIES)
         if litellm is not None:
             assert litellm.proc is not None
             try:
@@ -416,8 +633,10 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
         for phase, rate in (("saturation", None), ("paced", args.rate)):
             for name, base, headers in targets:
                 url = base + "/v1/chat/completions"
-                await drive(url, args.concurrency, WARM_UP, None, 5, headers)
+                warm = await drive(url, args.concurrency, WARM_UP, None, 5, headers)
                 measured = await drive(url, args.concurrency, args.requests, rate, args.seconds, headers)
+                if name == "gateway":
+                    sent["gateway"] += warm["requests"] + measured["requests"]
                 if name == "litellm":
                     results["litellm"][phase] = measured
                 else:
@@ -433,33 +652,53 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
                 url = base + "/v1/chat/completions"
                 measured = await drive(url, args.concurrency, args.requests, low, args.seconds, headers)
                 lite[f"paced_low_{name}"] = measured
+        if guarded is not None:
+            trio = [("direct", direct), ("gateway", through), ("guard", guard_url)]
+            results["guard"]["runs"] = await guard_section(args, trio, sent)
+            results["guard"]["audit"] = await audit_metrics(guard_url)
         results["audit"] = await audit_metrics(through)
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(timeout=30)
+        for proc in (gateway, guarded):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
         if litellm is not None:
             litellm.stop()
         stub.kill()
         stub.wait()
+    logs = [("gateway", log), *([("guard", guard_log)] if guarded is not None else [])]
+    reports = {}
     try:
-        report = verify_log(log, trust.root)
+        for name, path in logs:
+            reports[name] = verify_log(path, trust.root)
     finally:
         if args.audit_dir:
-            for path in (log, checkpoints_path(log)):
-                path.unlink(missing_ok=True)
+            for _, path in logs:
+                for each in (path, checkpoints_path(path)):
+                    each.unlink(missing_ok=True)
     results["audit_dir"] = str(log.parent)
     results["loopback_only_namespace"] = bool(os.environ.get(ISOLATED_ENV))
-    sent_through = 1 + sum(results[f"{p}_gateway"]["requests"] + WARM_UP for p in ("saturation", "paced"))
-    allowed = report.decisions.get("allow", 0)
-    results["durable"] = {
-        "decision_records": allowed,
-        "gateway_requests": sent_through,
-        "log_verifies": report.ok,
-    }
+    for name, report in reports.items():
+        durable = {
+            "decision_records": report.decisions.get("allow", 0),
+            "gateway_requests": sent[name],
+            "log_verifies": report.ok,
+        }
+        if name == "gateway":
+            results["durable"] = durable
+        else:
+            results["guard"]["durable"] = durable
     if not args.json:
         print_table(results)
-    if allowed != sent_through:
-        raise SystemExit(f"audit log holds {allowed} decisions for {sent_through} requests")
+        if guarded is not None:
+            print_guard(results["guard"])
+    for name, report in reports.items():
+        allowed = report.decisions.get("allow", 0)
+        if allowed != sent[name] or not report.ok:
+            raise SystemExit(
+                f"{name} audit log holds {allowed} decisions for {sent[name]} requests "
+                f"(verifies: {report.ok})"
+            )
     return results
 
 
@@ -527,6 +766,95 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"litellm: {r['litellm']['error']}")
     if r["loopback_only_namespace"]:
         print("network: a namespace with loopback only (nothing beyond 127.0.0.1 reachable)")
+
+
+TARGET_CLIENTS = 8  # the guard's targets: overhead at 8 clients
+TARGET_P50_MS, TARGET_P99_MS = 40.0, 120.0
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
+def print_guard(g: dict[str, Any]) -> None:
+    m = g["micro"]
+    words = "/".join(str(p["words"]) for p in m["prompts"])
+    print()
+    print(
+        f"learned guard {g['dir']} ({m['digest'][:19]}...): prompts of {words} words cycled, each allowed "
+        "by rules and guard (p_stop " + "/".join(f"{p['p_stop']:.3f}" for p in m["prompts"]) + ")"
+    )
+    head = (
+        f"{'':30}{'direct':>9}{'rules':>9}{'guard':>9}{'rules/dir':>11}{'guard/dir':>11}{'guard/rules':>12}"
+    )
+    verdicts = []
+    for clients, run in g["runs"].items():
+        for phase in ("saturation", "paced"):
+            d, r, x = (run[phase][n] for n in ("direct", "gateway", "guard"))
+            offered = f" (offered {run['rate']:.0f} req/s)" if phase == "paced" else ""
+            print(f"{clients} clients, {phase}{offered}")
+            print(head)
+            rows = [("  requests/s", "rps", 0)] + [
+                (f"  {key.replace('_ms', '')} latency ms", key, 2) for key in ("p50_ms", "p99_ms")
+            ]
+            for label, key, places in rows:
+                values = "".join(f"{v[key]:>9.{places}f}" for v in (d, r, x))
+                ratios = _ratio(r[key], d[key]).rjust(11) + _ratio(x[key], d[key]).rjust(11)
+                print(f"{label:30}{values}{ratios}{_ratio(x[key], r[key]):>12}")
+            for key in ("p50_ms", "p99_ms"):
+                name = key.replace("_ms", "")
+                over_r, over_x = r[key] - d[key], x[key] - d[key]
+                print(
+                    f"{'  ' + name + ' overhead ms':30}{'':>9}{over_r:>+9.2f}{over_x:>+9.2f}{'':>22}"
+                    f"{_ratio(over_x, over_r):>12}"
+                )
+            per = " ".join(
+                f"{p['words']}w {b['p50_ms']:.2f}/{b['p99_ms']:.2f}"
+                for p, b in zip(m["prompts"], x["by_body"], strict=True)
+                if b
+            )
+            print(f"  guard p50/p99 ms by prompt: {per}")
+            errors = {n: run[phase][n]["errors"] for n in ("direct", "gateway", "guard")}
+            if any(errors.values()):
+                print(f"  non-200 answers: {errors}")
+            if int(clients) == TARGET_CLIENTS:
+                p50, p99 = x["p50_ms"] - d["p50_ms"], x["p99_ms"] - d["p99_ms"]
+                verdicts.append(
+                    f"{phase}: p50 overhead {p50:+.2f} ms ({'met' if p50 <= TARGET_P50_MS else 'MISSED'}), "
+                    f"p99 {p99:+.2f} ms ({'met' if p99 <= TARGET_P99_MS else 'MISSED'})"
+                )
+    print(
+        f"micro, Guard.judge alone on the gateway's input (idle process, no load, up to "
+        f"{m['prompts'][0]['judge']['calls']} calls each), p50/p99 ms:"
+    )
+    for p in m["prompts"]:
+        j, rules = p["judge"], p["rules_alone"]
+        print(
+            f"  {p['words']:>4} words ({p['bytes']} bytes): Guard.judge {j['p50_ms']:.3f}/{j['p99_ms']:.3f}"
+            f"   rules alone {rules['p50_ms']:.3f}/{rules['p99_ms']:.3f}"
+        )
+    a = m["answer"]
+    print(f"  the stub's answer checked (judge_answer): {a['p50_ms']:.3f}/{a['p99_ms']:.3f}")
+    audit = g["audit"]
+    commits = audit.get("enclave_audit_commit_records_count", 0)
+    if commits:
+        per_commit = audit["enclave_audit_commit_records_sum"] / commits
+        sync_ms = 1000 * audit["enclave_audit_commit_duration_seconds_sum"] / commits
+        slow = commits - audit.get("enclave_audit_commit_duration_seconds_bucket_le_10ms", commits)
+        print(
+            f"guard gateway audit: {commits:.0f} group commits, {per_commit:.1f} records each, "
+            f"{sync_ms:.2f} ms each, {slow:.0f} over 10 ms"
+        )
+    durable = g["durable"]
+    print(
+        f"guard gateway durable: {durable['decision_records']} decision records for "
+        f"{durable['gateway_requests']} requests; log verifies: {durable['log_verifies']}"
+    )
+    if verdicts:
+        print(
+            f"targets at {TARGET_CLIENTS} clients with the guard (p50 <= {TARGET_P50_MS:.0f} ms, "
+            f"p99 <= {TARGET_P99_MS:.0f} ms): " + "; ".join(verdicts)
+        )
 
 
 if __name__ == "__main__":
