@@ -113,9 +113,10 @@ class Guard:
         self.digest = digest
         self.source = source
         self._allow = CLASSES.index(ALLOW)
+        self._words: features.WordCache = {}
 
     def probabilities(self, text: str) -> np.ndarray[Any, np.dtype[np.float64]]:
-        indices, values = features.vectorise(text, self.vocabulary, self.idf)
+        indices, values = features.vectorise(text, self.vocabulary, self.idf, self._words)
         logits = self.weights[-1].copy()
         if indices:
             logits += np.asarray(values) @ self.weights[indices]

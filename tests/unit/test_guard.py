@@ -4,9 +4,9 @@ layered decision never lets the guard weaken a rule, and every failure holds for
 from __future__ import annotations
 
 import io
-import shutil
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,17 @@ def test_features_see_through_the_policy_normaliser() -> None:
     assert plain == disguised
     words, chars = plain
     assert "w:surveiiiance of" in words and "c: su" in chars  # l folds to i, as in the rules
+
+
+def test_the_word_cache_changes_no_feature(shipped: Guard) -> None:
+    """The gateway caches each word's character n-grams; the features are the same, exactly."""
+    cache: features.WordCache = {}
+    texts = ["Our cron job kills orphaned sessions", "Which house should we hit?", "kills kills kills"]
+    for text in texts * 2:
+        uncached = features.vectorise(text, shipped.vocabulary, shipped.idf)
+        assert features.vectorise(text, shipped.vocabulary, shipped.idf, cache) == uncached
+    assert features.tokens("kills")[0] in cache  # keyed by the normalised word
+    assert len(cache) == len({w for t in texts for w in features.tokens(t)})
 
 
 def test_training_is_deterministic_to_the_byte(tmp_path: Path) -> None:
@@ -352,7 +363,7 @@ def test_evaluation_report_has_intervals_and_a_confusion_matrix(policy: Any, shi
 def test_policy_test_prints_layer_scores_and_evidence(capsys: pytest.CaptureFixture[str]) -> None:
     text = "Which house should the drone hit first tonight?"
     assert main(["policy", "test", text, "--policy", str(POLICY), "--guard", str(SHIPPED), "--json"]) == 0
-    [doc] = json.loads(capsys.readouterr().out)
+    [doc] = json.loads(capsys.readouterr().out)["items"]  # --json: one document (docs/CLI.md)
     assert doc["decision"] == "hold" and doc["layer"] in ("rules", "guard", "guard-band")
     assert set(doc["guard"]["scores"]) == {
         "allow", "refuse-surveillance", "refuse-autonomous-force", "hold-targeting"
