@@ -16,11 +16,14 @@ import jsonschema
 import yaml
 
 from enclave.errors import UsageError
+from enclave.fileio import read_regular
+from enclave.resources import data_path, shipped
+from enclave.yamldoc import load_yaml_document
 
 DIGESTS = ("sha256", "sha384", "sha512")
 DEFAULT_DIGEST = "sha384"
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "manifests" / "schema" / "bundle.schema.json"
+SCHEMA = ("manifests", "schema", "bundle.schema.json")  # package data (enclave.resources)
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,7 @@ class Manifest:
 
 
 def load_schema() -> dict[str, Any]:
-    # The schema lives in the source tree (manifests/schema/); enclave installs editable.
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    schema: dict[str, Any] = json.loads(data_path(*SCHEMA).read_text("utf-8"))
     return schema
 
 
@@ -115,22 +117,9 @@ def _message(error: jsonschema.ValidationError, schema: dict[str, Any]) -> tuple
 
 
 def load_manifest(path: Path) -> Manifest:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read manifest: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: manifest is not UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"{path}{line}: invalid YAML: {problem}") from None
-    if node is None or not isinstance(doc, dict):
+    raw = read_regular(path, "manifest")
+    node, doc = load_yaml_document(raw, str(path), "manifest")  # no anchors or aliases
+    if not isinstance(doc, dict):
         raise UsageError(f"{path}:1: manifest must be a YAML mapping")
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -158,7 +147,7 @@ def load_manifest(path: Path) -> Manifest:
         seen.add(entry["name"])
         resolved = None
         if "path" in entry:
-            resolved = (base / entry["path"]).resolve()
+            resolved = (shipped(entry["path"]) or base / entry["path"]).resolve()
             if not resolved.exists():
                 raise UsageError(f"{where}.path: {entry['path']} does not exist (resolved to {resolved})")
         components.append(

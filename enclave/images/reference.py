@@ -1,12 +1,13 @@
 """`enclave images build`: the reference payload images, built offline on the base image.
 
-For each image, the build context is assembled from `bundles/images/<name>/` (Dockerfile,
-requirements.txt, any other files), `wheels/` (its wheelhouse, enclave.images.wheels) and
-`pip.whl`, and built by the engine's classic builder with `network_mode=none` (no registry,
-no network: FROM names the local base image, RUN cannot reach anything). The image is tagged
-`<name>:<hash>` with a hash of the base image ID and every context file, and `<name>:<version>`;
-when the engine already has `<name>:<hash>` nothing is built. Build stages left dangling are
-pruned afterwards (with vfs each is a full copy of the root filesystem).
+For each image, the build context is assembled from `bundles/images/<name>/` (package data,
+enclave.resources: Dockerfile, requirements.txt, any other files), `wheels/` (its wheelhouse,
+enclave.images.wheels) and `pip.whl`, and built by the engine's classic builder with
+`network_mode=none` (no registry, no network: FROM names the local base image, RUN cannot reach
+anything). The image is tagged `<name>:<hash>` with a hash of the base image ID and every
+context file, and `<name>:<version>`; when the engine already has `<name>:<hash>` nothing is
+built. Build stages left dangling are pruned afterwards (with vfs each is a full copy of the
+root filesystem).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from enclave.errors import ProvisionError, UsageError
 from enclave.images.base import BASE_LABEL, PYTHON, build_lock, ensure_base, prune_old
 from enclave.images.rootfs import WORK_DIR, has_image
 from enclave.images.store import sha256_file
-from enclave.images.wheels import parse_requirements, project_root, wheelhouse
+from enclave.images.wheels import parse_requirements, wheelhouse
+from enclave.resources import data_path
 
 if TYPE_CHECKING:
     import docker
@@ -64,7 +66,7 @@ class BuiltImage:
 
 
 def contexts_dir() -> Path:
-    return project_root() / "bundles" / "images"
+    return data_path("bundles", "images")
 
 
 def build_images(

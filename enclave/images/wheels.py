@@ -3,8 +3,9 @@
 Each image's build context lists what it installs (`requirements.txt`); `pip wheel` resolves and
 fetches those, pinned to the versions installed here (the environment the tests ran in), and the
 image installs them with `--no-index --no-deps`: nothing is resolved or fetched inside the image.
-`enclave` in a requirements file means the project's own wheel, built from this source tree,
-without its declared dependencies (an image gets only the third-party packages it lists).
+`enclave` in a requirements file means the project's own wheel, built from this source tree
+(or repacked from the installed enclave), without its declared dependencies (an image gets only
+the third-party packages it lists).
 pip itself is carried as a wheel and run from it (`python pip.whl/pip install ...`), so the
 images have no pip. Everything is cached under the enclave cache directory, keyed by a hash of
 its inputs: a second build with the same inputs runs no pip at all.
@@ -12,6 +13,7 @@ its inputs: a second build with the same inputs runs no pip at all.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.metadata
 import os
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +39,12 @@ class Wheelhouse:
     pip: Path  # pip's own wheel, to run
 
 
-def project_root() -> Path:
-    """The source tree this enclave runs from (it holds pyproject.toml)."""
+def source_tree() -> Path | None:
+    """The source tree this enclave runs from (it holds pyproject.toml); None when installed."""
     root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").is_file() or not (root / PROJECT).is_dir():
-        raise UsageError(f"{root}: not an enclave source tree; image builds need one (pip install -e .)")
-    return root
+    if (root / "pyproject.toml").is_file() and (root / PROJECT).is_dir():
+        return root
+    return None
 
 
 def parse_requirements(path: Path) -> list[str]:
@@ -86,7 +89,7 @@ def wheelhouse(requirements: Sequence[str], python: tuple[int, int]) -> Wheelhou
     third_party = [r for r in requirements if _canonical(_name_of(r)) != PROJECT]
     wheels = list(_third_party(third_party)) if third_party else []
     if len(third_party) != len(requirements):
-        wheels.append(_project_wheel())
+        wheels.append(project_wheel())
     return Wheelhouse(tuple(sorted(wheels, key=lambda p: p.name)), _pip_wheel())
 
 
@@ -96,7 +99,7 @@ def _name_of(requirement: str) -> str:
     return requirement
 
 
-def _key(*parts: str | bytes) -> str:
+def cache_key(*parts: str | bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         data = part.encode() if isinstance(part, str) else part
@@ -106,39 +109,87 @@ def _key(*parts: str | bytes) -> str:
 
 def _third_party(requirements: Sequence[str]) -> list[Path]:
     pins = constraints()
-    target = cache_root() / "wheels" / f"deps-{_key(*requirements, pins, sys.version)}"
+    target = cache_root() / "wheels" / f"deps-{cache_key(*requirements, pins, sys.version)}"
 
     def make(directory: Path) -> None:
         listing = directory / "constraints.txt"
         listing.write_text(pins)
-        _pip(["wheel", "--wheel-dir", str(directory), "--constraint", str(listing), *requirements])
+        run_pip(["wheel", "--wheel-dir", str(directory), "--constraint", str(listing), *requirements])
         listing.unlink()
 
-    return _cached_dir(target, make)
+    return cached_dir(target, make)
 
 
-def _project_wheel() -> Path:
-    root = project_root()
+def project_wheel() -> Path:
+    """enclave's own wheel: built from the source tree it runs from, or for an installed
+    enclave repacked from its installed files; cached by content either way."""
+    root = source_tree()
+    return _built_wheel(root) if root is not None else _installed_wheel()
+
+
+def _built_wheel(root: Path) -> Path:
     files = [root / "pyproject.toml", root / "README.md"]
-    files += sorted(p for p in (root / PROJECT).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for directory, dirnames, filenames in os.walk(root / PROJECT, followlinks=True):  # enclave/_data links
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        files += [Path(directory) / name for name in sorted(filenames)]
     digest = hashlib.sha256()
     for path in files:
-        digest.update(_key(str(path.relative_to(root)), path.read_bytes()).encode())
+        digest.update(cache_key(str(path.relative_to(root)), path.read_bytes()).encode())
     target = cache_root() / "wheels" / f"project-{digest.hexdigest()[:24]}"
 
     def make(directory: Path) -> None:
         # A copy of just what the wheel is made of: setuptools writes build/ and *.egg-info
-        # beside the sources, and the tree may hold work directories of any size.
+        # beside the sources, and the tree may hold work directories of any size. The copy
+        # follows enclave/_data's links: the package data goes in as files.
         source = directory / "src"
         source.mkdir()
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(root / name, source / name)
         shutil.copytree(root / PROJECT, source / PROJECT, ignore=shutil.ignore_patterns("__pycache__"))
-        _pip(["wheel", "--no-deps", "--wheel-dir", str(directory), str(source)])
+        run_pip(["wheel", "--no-deps", "--wheel-dir", str(directory), str(source)])
         shutil.rmtree(source)
 
-    (wheel,) = _cached_dir(target, make)
+    (wheel,) = cached_dir(target, make)
     return wheel
+
+
+# What pip writes at installation, not part of the wheel it installed.
+_INSTALL_RECORDS = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+
+def _installed_wheel() -> Path:
+    """The installed distribution packed back into a wheel: its files as installed (pip copies
+    a wheel's files verbatim), a fresh RECORD, fixed times; the console script is rebuilt by
+    whoever installs it from entry_points.txt."""
+    dist = importlib.metadata.distribution(PROJECT)
+    info = f"{PROJECT}-{dist.version}.dist-info"
+    files: dict[str, bytes] = {}
+    for entry in dist.files or []:
+        parts = entry.parts
+        if parts[0] not in (PROJECT, info) or "__pycache__" in parts:
+            continue
+        if parts[0] == info and parts[-1] in _INSTALL_RECORDS:
+            continue
+        files["/".join(parts)] = Path(str(dist.locate_file(entry))).read_bytes()
+    if f"{info}/WHEEL" not in files:
+        raise UsageError(f"{PROJECT} {dist.version} is not installed from a wheel: cannot repack it")
+    target = cache_root() / "wheels" / f"installed-{cache_key(*files, *files.values())}"
+    name = f"{PROJECT}-{dist.version}-py3-none-any.whl"
+
+    def make(directory: Path) -> None:
+        lines = [f"{n},sha256={_record_hash(d)},{len(d)}" for n, d in sorted(files.items())]
+        record = "".join(f"{line}\n" for line in [*lines, f"{info}/RECORD,,"]).encode()
+        with zipfile.ZipFile(directory / name, "w", zipfile.ZIP_DEFLATED) as wheel:
+            for member, data in [*sorted(files.items()), (f"{info}/RECORD", record)]:
+                wheel.writestr(zipfile.ZipInfo(member, (1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+
+    (wheel,) = cached_dir(target, make)
+    return wheel
+
+
+def _record_hash(data: bytes) -> str:
+    """A RECORD line's hash: urlsafe base64 of SHA-256, unpadded (PEP 376, PEP 427)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
 
 
 def _pip_wheel() -> Path:
@@ -146,13 +197,13 @@ def _pip_wheel() -> Path:
     target = cache_root() / "wheels" / f"pip-{version}"
 
     def make(directory: Path) -> None:
-        _pip(["download", "--no-deps", "--only-binary=:all:", "--dest", str(directory), f"pip=={version}"])
+        run_pip(["download", "--no-deps", "--only-binary=:all:", "--dest", str(directory), f"pip=={version}"])
 
-    (wheel,) = _cached_dir(target, make)
+    (wheel,) = cached_dir(target, make)
     return wheel
 
 
-def _cached_dir(target: Path, make: Callable[[Path], None]) -> list[Path]:
+def cached_dir(target: Path, make: Callable[[Path], None]) -> list[Path]:
     """The wheels in `target`, made first (in a scratch directory renamed into place) if absent."""
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +225,7 @@ def _cached_dir(target: Path, make: Callable[[Path], None]) -> list[Path]:
     return wheels
 
 
-def _pip(args: list[str]) -> None:
+def run_pip(args: list[str]) -> None:
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     try:
         proc = subprocess.run(
@@ -189,4 +240,6 @@ def _pip(args: list[str]) -> None:
         raise ProvisionError(f"pip {args[0]} took more than {PIP_TIMEOUT} s") from None
     if proc.returncode != 0:
         lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
-        raise ProvisionError(f"pip {args[0]} failed (exit {proc.returncode}): {(lines or ['no output'])[-1]}")
+        # pip's first ERROR line says what failed; what follows it (a resolver's story) is longer.
+        first = next((line for line in lines if line.startswith("ERROR:")), (lines or ["no output"])[-1])
+        raise ProvisionError(f"pip {args[0]} failed (exit {proc.returncode}): {first}")
