@@ -5,9 +5,11 @@ from __future__ import annotations
 
 
 class EnclaveError(Exception):
-    """Base of every expected failure. `str(err)` is the one line shown to the user."""
+    """Base of every expected failure. `str(err)` is the one line shown to the user; `details`,
+    when set, is a JSON-able document of what was found (the `details` of `--json` errors)."""
 
     exit_code = 1
+    details: object = None
 
 
 class UsageError(EnclaveError):
@@ -50,6 +52,20 @@ class PolicyError(EnclaveError):
     """Policy refusal or a missing approval (gateway tooling)."""
 
     exit_code = 8
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code the CLI gives `error`: its own, 130 for an interrupt, the OSError mapping
+    (fileio.os_error: 2, or 3 when stored data cannot be read back), else 1 (a bug)."""
+    if isinstance(error, EnclaveError):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 130
+    if isinstance(error, OSError):
+        from enclave.fileio import os_error  # fileio imports this module
+
+        return os_error(error).exit_code
+    return EnclaveError.exit_code
 
 
 # -- malformed documents ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from enclave import __version__
 from enclave.bundle.digest import (
@@ -39,7 +40,7 @@ from enclave.bundle.output import DIRECT_ALIGN, Sink, open_output
 from enclave.bundle.provenance import PROVENANCE_NAME, provenance_statement, sign_provenance, source_names
 from enclave.bundle.sbom import build_sbom
 from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member
+from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member, base_of
 from enclave.bundle.tarformat import (
     CONTENT_PREFIX,
     ENVELOPE_NAME,
@@ -54,10 +55,11 @@ from enclave.bundle.tarformat import (
 )
 from enclave.bundle.verify import check_archive, open_archive, read_envelope
 from enclave.bundle.volumes import VOLUME_SUFFIX, write_index
-from enclave.errors import UnsafeArchiveError, UsageError
+from enclave.errors import IntegrityError, UnsafeArchiveError, UsageError
+from enclave.fileio import read_regular
 from enclave.images.export import ImageExporter
 from enclave.progress import Progress
-from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
+from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import format_time
 
@@ -691,13 +693,56 @@ def _write_member(sink: Sink, name: str, data: bytes, mtime: int) -> int:
     return len(member)
 
 
+class BaseChunks:
+    """A differential bundle's base as the co-signer holds it: its signed statement (from the
+    old bundle or its BUNDLE.dsse.json). A chunk the bundle does not carry must be one of the
+    base's chunks: the high side reads it from its content store and re-checks it there. The
+    co-signer writes nothing, so the bytes themselves are not needed."""
+
+    def __init__(self, statement: BundleStatement) -> None:
+        self.have = {c for m in statement.members for c in m.chunk_digests()}
+
+    def read_verified(self, algorithm: str, digest: str, view: memoryview) -> None:
+        if digest not in self.have:
+            raise IntegrityError(f"chunk {digest[:16]}: carried neither by this bundle nor by its base")
+
+
+def co_signing_base(path: Path, statement: BundleStatement, base: Path | None) -> BaseChunks | None:
+    """The base a co-signer checks a differential bundle against; `base` is the old bundle or
+    its BUNDLE.dsse.json, and must be the very base the signed statement names (by digest)."""
+    named = base_of(statement)
+    if named is None:
+        if base is not None:
+            raise UsageError(f"{path}: not a differential bundle; --base/--base-statement do not apply")
+        return None
+    if base is None:
+        raise UsageError(
+            f"{path}: a differential bundle on {named.name} {named.version}: give its base "
+            "(--base OLD.bundle or --base-statement BUNDLE.dsse.json) to check the chunks it leaves out"
+        )
+    base_statement, ref = read_base(base, statement.name, statement.digest, statement.chunk_size)
+    digest = cast(dict[str, str], ref["statementDigest"])["sha256"]
+    if digest != named.statement_digest:
+        raise UsageError(
+            f"{base}: statement sha256 {digest[:16]}, but {path} builds on {named.name} {named.version} "
+            f"(statement {named.statement_digest[:16]}): not its base"
+        )
+    return BaseChunks(base_statement)
+
+
 def sign_bundle(
-    path: Path, key: SigningKey, workers: int | None = None, show_progress: bool = True
+    path: Path,
+    key: SigningKey,
+    workers: int | None = None,
+    show_progress: bool = True,
+    base: Path | None = None,
 ) -> Envelope:
     """Add `key`'s signature to a bundle, after checking its content against the statement.
 
     The co-signer checks every byte (two-person integrity: nobody signs what they did not
-    check); the content bytes are copied unchanged, only the envelope grows.
+    check); the content bytes are copied unchanged, only the envelope grows. A differential
+    bundle is checked against its `base` (co_signing_base): every carried chunk is hashed, and
+    every chunk left out must be one of the base's.
     Volumes are split from the co-signed file afterwards (`enclave bundle split`).
     """
     if VOLUME_SUFFIX.search(path.name):
@@ -707,7 +752,13 @@ def sign_bundle(
         member = read_envelope(source, tar)
         statement = BundleStatement.from_payload(member.envelope.payload)
         check_archive(
-            source, tar, member, statement, workers=workers or default_workers(), show_progress=show_progress
+            source,
+            tar,
+            member,
+            statement,
+            workers=workers or default_workers(),
+            show_progress=show_progress,
+            store=co_signing_base(path, statement, base),
         )
         envelope = member.envelope
         envelope.sign(key)
@@ -722,10 +773,13 @@ def sign_bundle(
         with open_output(temporary) as sink:
             offset = _write_member(sink, ENVELOPE_NAME, envelope.to_json(), mtime)
             src = os.open(path, os.O_RDONLY)
+            copying = Progress("copy", content_end - member.end) if show_progress else None
             try:
-                sink.copy_from(src, member.end, content_end - member.end)
+                sink.copy_from(src, member.end, content_end - member.end, copying)
             finally:
                 os.close(src)
+                if copying is not None:
+                    copying.finish()
             offset += content_end - member.end
             sink.write(b"\x00" * trailer_size(offset))
         os.replace(temporary, path)
@@ -737,10 +791,7 @@ def read_base(
 ) -> tuple[BundleStatement, dict[str, object]]:
     """The base's statement, from a bundle or from its envelope file; it must match this build."""
     if path.name.endswith(".json"):
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read base statement: {exc.strerror}") from None
+        raw = read_regular(path, "base statement", MAX_ENVELOPE)
         envelope = Envelope.from_json(raw, str(path))
     else:
         with ArchiveSource([path]) as source:

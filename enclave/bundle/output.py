@@ -16,7 +16,7 @@ import contextlib
 import errno
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from enclave.errors import UsageError
@@ -149,7 +149,9 @@ class Sink:
             view = view[count:]
             self._advance(count)
 
-    def copy_from(self, src: int, offset: int, count: int) -> None:
+    def copy_from(
+        self, src: int, offset: int, count: int, progress: Callable[[int], None] | None = None
+    ) -> None:
         """Copy `count` bytes at `offset` of `src`: read straight into the write buffer."""
         while count > 0:
             want = min(self._room(), count)
@@ -160,6 +162,8 @@ class Sink:
             offset += got
             count -= got
             self._advance(got)
+            if progress is not None:
+                progress(got)
 
     def detach(self) -> bytes:
         """Write the whole DIRECT_ALIGN blocks of the buffer and hand back the rest (fewer than

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from enclave.errors import IntegrityError, UsageError
+from enclave.fileio import open_regular
 
 
 class ArchiveSource:
@@ -26,14 +27,14 @@ class ArchiveSource:
         self._starts: list[int] = []
         total = 0
         try:
-            for path in self.paths:
-                fd = os.open(path, os.O_RDONLY)
+            for path in self.paths:  # a regular file: a FIFO or device would block (fileio)
+                fd = open_regular(path, "bundle")
                 self._fds.append(fd)
                 self._starts.append(total)
                 total += os.fstat(fd).st_size
-        except OSError as exc:
+        except BaseException:
             self.close()
-            raise UsageError(f"{exc.filename}: cannot open bundle: {exc.strerror}") from None
+            raise
         self.size = total
 
     @property

@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from enclave.bundle.digest import default_workers, digest_files, hash_range, new_hash
 from enclave.bundle.output import aligned_buffer, aligned_length, direct_suits, open_direct, pwrite_all
@@ -170,6 +170,13 @@ def check_signatures(envelope: Envelope, root: TrustRoot, what: str = ENVELOPE_N
     return check
 
 
+class ChunkSource(Protocol):
+    """Where a differential bundle's base chunks come from (the content store, or for a
+    co-signer the base's statement alone: build.BaseChunks)."""
+
+    def read_verified(self, algorithm: str, digest: str, view: memoryview) -> None: ...
+
+
 class _ContentCheck:
     """Schedules chunk checks on a thread pool, bounded in memory, and records the first failure."""
 
@@ -180,7 +187,7 @@ class _ContentCheck:
         staging: Path | None,
         workers: int,
         progress: Progress | None,
-        store: ContentStore | None = None,
+        store: ChunkSource | None = None,
         keep: StoreStaging | None = None,
         index: VolumeIndex | None = None,
     ) -> None:
@@ -491,7 +498,7 @@ def check_archive(
     staging: Path | None = None,
     workers: int | None = None,
     show_progress: bool = True,
-    store: ContentStore | None = None,
+    store: ChunkSource | None = None,
     keep: StoreStaging | None = None,
     index: VolumeIndex | None = None,
 ) -> None:

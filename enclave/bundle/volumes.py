@@ -31,6 +31,8 @@ from enclave.bundle.statement import (
 )
 from enclave.bundle.verify import check_signatures, read_envelope
 from enclave.errors import DocumentLimitError, IntegrityError, TrustError, UsageError
+from enclave.fileio import open_regular, read_regular, require_regular
+from enclave.progress import Progress
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.keys import SigningKey
@@ -109,11 +111,7 @@ def load_index(path: Path, root: TrustRoot) -> VolumeIndex:
     """Read the index, check its signatures meet the bundle role's rule, parse it strictly and
     bind it to its own file name: `NAME-VERSION.volumes.dsse.json` must say `bundle`
     `NAME-VERSION.bundle` (an index copied over another bundle's is refused, 3)."""
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_ENVELOPE + 1)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read volume index: {exc.strerror}") from None
+    raw = read_regular(path, "volume index", MAX_ENVELOPE)
     envelope = Envelope.from_json(raw, path.name)
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise TrustError(f"{path.name}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}")
@@ -173,19 +171,23 @@ def _parse(path: Path, doc: Any) -> VolumeIndex:
     return VolumeIndex(path, bundle, statement_digest, algorithm, chunk_size, volume_size, tuple(volumes))
 
 
-def check_volume(volume: Path, index: VolumeIndex) -> Volume:
+def check_volume(volume: Path, index: VolumeIndex, show_progress: bool = False) -> Volume:
     """The courier's check of one volume: listed, the signed size, the signed digest."""
     entry = next((v for v in index.volumes if v.name == volume.name), None)
     if entry is None:
         raise IntegrityError(f"{volume.name}: not a volume of {index.bundle}")
-    if not volume.is_file():
+    if not volume.exists():
         raise IntegrityError(f"{volume}: volume missing")
+    require_regular(volume, "volume")
     size = volume.stat().st_size
     if size != entry.size:
         raise IntegrityError(
             f"{volume}: {size} bytes, the index signs {entry.size} (truncated or padded volume)"
         )
-    (digest,) = digest_files([volume], index.algorithm, index.chunk_size)
+    progress = Progress("verify-volume", size) if show_progress else None
+    (digest,) = digest_files([volume], index.algorithm, index.chunk_size, progress=progress)
+    if progress is not None:
+        progress.finish()
     if digest.digest.hex() != entry.digest:
         raise IntegrityError(f"{volume}: digest does not match the signed index (damaged or wrong volume)")
     return entry
@@ -209,8 +211,9 @@ def resolve(path: Path, root: TrustRoot) -> tuple[list[Path], VolumeIndex | None
     if VOLUME_SUFFIX.search(path.name) and path.name not in {v.name for v in index.volumes}:
         raise IntegrityError(f"{path}: not a volume of {index.bundle} ({len(index.volumes)} volumes)")
     for volume, entry in zip(index.paths(), index.volumes, strict=True):
-        if not volume.is_file():
+        if not volume.exists():
             raise IntegrityError(f"{volume}: volume missing")
+        require_regular(volume, "volume")
         size = volume.stat().st_size
         if size != entry.size:
             raise IntegrityError(
@@ -240,7 +243,9 @@ def bind(index: VolumeIndex, paths: Sequence[Path]) -> None:
         )
 
 
-def split_bundle(bundle: Path, volume_size: int, keys: Sequence[SigningKey]) -> tuple[list[Path], Path]:
+def split_bundle(
+    bundle: Path, volume_size: int, keys: Sequence[SigningKey], show_progress: bool = False
+) -> tuple[list[Path], Path]:
     """Split a (fully co-signed) single-file bundle into volumes and write the signed index."""
     with ArchiveSource([bundle]) as source:
         member = read_envelope(source)
@@ -249,10 +254,13 @@ def split_bundle(bundle: Path, volume_size: int, keys: Sequence[SigningKey]) -> 
         if bundle.name != expected:
             raise UsageError(f"{bundle}: this bundle must be named {expected} to be split")
         with open_output(bundle, volume_size) as sink:
-            fd = os.open(bundle, os.O_RDONLY)
+            fd = open_regular(bundle, "bundle")
+            progress = Progress("split", source.size) if show_progress else None
             try:
-                sink.copy_from(fd, 0, source.size)
+                sink.copy_from(fd, 0, source.size, progress)
             finally:
                 os.close(fd)
+                if progress is not None:
+                    progress.finish()
         parts = sink.finals
     return parts, write_index(bundle, parts, statement, member.envelope.payload, keys, volume_size)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mldsa
 
 from enclave.errors import UsageError
+from enclave.fileio import read_regular
 
 Algorithm = Literal["ecdsa-p384", "ml-dsa-87"]
 ALGORITHMS: tuple[Algorithm, ...] = ("ecdsa-p384", "ml-dsa-87")
@@ -200,8 +201,8 @@ def _is_encrypted(pem: bytes) -> bool:
     return b"ENCRYPTED PRIVATE KEY" in pem
 
 
+MAX_KEY_BYTES = 1 << 20  # a PEM key is a few KB; more is not a key
+
+
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read key: {exc.strerror}") from None
+    return read_regular(path, "key", MAX_KEY_BYTES)

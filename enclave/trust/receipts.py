@@ -19,11 +19,12 @@ exactly the bytes of its log line). docs/FORMAT.md section 8 is the reference.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,9 @@ from enclave.errors import (
     IntegrityError,
     TrustError,
     UsageError,
+    exit_code_of,
 )
+from enclave.fileio import open_regular, os_error
 from enclave.runtime.audit.merkle import leaf_hash
 from enclave.runtime.audit.records import GENESIS_PREV
 from enclave.strictjson import strict_json
@@ -49,6 +52,10 @@ RECEIPT_PAYLOAD_TYPE = "application/vnd.enclave.receipt+json"
 RECEIPT_TYPE = "urn:enclave:receipt:v1"
 MAX_LINE = 1 << 20  # a receipt is a few KB; a longer "line" is damage, not a receipt
 MAX_PROBLEMS = 50
+# Free space a verification needs before it starts, for its receipt (a few KB; at most
+# MAX_LINE), in the state directory and where --receipt goes: a full disk is refused up front
+# (exit 2) rather than found after the state changed.
+RECEIPT_ROOM = MAX_LINE
 
 
 @dataclass
@@ -75,13 +82,21 @@ def _files_digest(files: Sequence[str]) -> str | None:
     """sha256 over the files in order (volumes concatenated); None when one is unreadable."""
     digest = hashlib.sha256()
     try:
-        for name in files:
-            with open(name, "rb") as handle:
+        for name in files:  # a regular file only: a FIFO would block the receipt for ever
+            with os.fdopen(open_regular(name, "bundle"), "rb") as handle:
                 while block := handle.read(1 << 20):
                     digest.update(block)
-    except OSError:
+    except (OSError, EnclaveError):
         return None
     return digest.hexdigest()
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, OSError) and not isinstance(error, EnclaveError):
+        return str(os_error(error))  # "FILE: reason", as the CLI says it
+    return str(error)
 
 
 def build_receipt(evidence: Evidence, error: BaseException | None = None) -> dict[str, Any]:
@@ -103,8 +118,8 @@ def build_receipt(evidence: Evidence, error: BaseException | None = None) -> dic
     return {
         "_type": RECEIPT_TYPE,
         "result": "verified" if error is None else "failed",
-        "exitCode": 0 if error is None else getattr(error, "exit_code", EnclaveError.exit_code),
-        "error": None if error is None else {"type": type(error).__name__, "message": str(error)},
+        "exitCode": 0 if error is None else exit_code_of(error),
+        "error": None if error is None else {"type": type(error).__name__, "message": _message(error)},
         "bundle": {
             "files": files,
             "name": evidence.name,
@@ -195,12 +210,22 @@ class ReceiptLog:
         return _Tail(doc["log"]["seq"] + 1, leaf_hash(line).hex(), size - torn, torn)
 
     def check(self) -> None:
-        """Refuse now (before any verification) when the log's end is damaged."""
+        """Refuse now (before any verification) when the log's end is damaged, or when the
+        state directory has no room for one more receipt."""
         with self.state.locked():
             self._tail()
+        check_room(self.path.parent, "the receipt log")
 
-    def append(self, receipt: dict[str, Any], signer: SigningKey | None) -> bytes:
-        """Place, sign and durably append `receipt`; returns its line (without newline)."""
+    def append(
+        self,
+        receipt: dict[str, Any],
+        signer: SigningKey | None,
+        before: Callable[[bytes], None] | None = None,
+    ) -> bytes:
+        """Place, sign and durably append `receipt`; returns its line (without newline).
+        `before(line)` runs first, under the lock (the --receipt copy): when it raises,
+        nothing is appended. A write that fails (a full disk) is cut off again: the log never
+        keeps a partial line, and the failure is a UsageError naming the log."""
         with self.state.locked():
             tail = self._tail()
             doc = dict(receipt)
@@ -213,16 +238,84 @@ class ReceiptLog:
             if signer is not None:
                 envelope.sign(signer)
             line = envelope.to_json()
+            if before is not None:
+                before(line)
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
-                write_all(fd, line + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if created:
-                fsync_dir(self.path.parent)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                try:
+                    write_all(fd, line + b"\n")
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, tail.complete)  # no partial line stays behind
+                    raise
+                finally:
+                    os.close(fd)
+                if created:
+                    fsync_dir(self.path.parent)
+            except OSError as exc:
+                raise os_error(exc, self.path, "cannot append the receipt") from None
         return line
+
+
+def check_room(directory: Path, what: str) -> None:
+    """Refuse (UsageError) when `directory`'s filesystem has no room for a receipt: fewer than
+    RECEIPT_ROOM bytes or no inode free to an unprivileged writer."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError as exc:
+        raise os_error(exc, directory, f"cannot check the room for {what}") from None
+    if fs.f_bavail * fs.f_frsize < RECEIPT_ROOM or fs.f_favail == 0:
+        raise UsageError(
+            f"{directory}: filesystem full (less than {RECEIPT_ROOM} bytes or no inode free): no room for "
+            f"{what}; nothing was verified or changed"
+        )
+
+
+class ReceiptFile:
+    """The --receipt file, reserved before anything is verified: a temporary file created in
+    its directory with room allocated for a receipt, so that a missing directory, a missing
+    permission, a full disk or no free inode is an error (2) before any state changes, not
+    after. `commit(data)` writes the receipt there and links it into place (never over an
+    existing file); `discard()` removes the reservation."""
+
+    def __init__(self, path: Path) -> None:
+        check_new_file(path)
+        self.path = path
+        self._temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            self._fd = os.open(self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise os_error(exc, path, "cannot write the receipt") from None
+        atexit.register(self.discard)  # a command that fails before it records leaves nothing
+        try:
+            os.posix_fallocate(self._fd, 0, RECEIPT_ROOM)
+        except OSError as exc:
+            self.discard()
+            raise os_error(exc, path, "no room for the receipt") from None
+
+    def commit(self, data: bytes) -> None:
+        if len(data) > RECEIPT_ROOM:
+            raise UsageError(f"{self.path}: a receipt of {len(data)} bytes exceeds {RECEIPT_ROOM}")
+        try:
+            os.pwrite(self._fd, data, 0)  # inside the allocated room: no ENOSPC
+            os.ftruncate(self._fd, len(data))
+            os.fsync(self._fd)
+            try:
+                os.link(self._temporary, self.path)
+            except FileExistsError:
+                raise UsageError(f"{self.path}: already exists; a receipt is never overwritten") from None
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise os_error(exc, self.path, "cannot write the receipt") from None
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._temporary.unlink(missing_ok=True)
 
 
 def check_new_file(path: Path) -> None:
@@ -255,22 +348,51 @@ def record(
     evidence: Evidence,
     error: BaseException | None,
     signer: SigningKey | None,
-    path: Path | None = None,
+    path: Path | ReceiptFile | None = None,
 ) -> dict[str, Any]:
-    """Append the receipt of one verification to the log (and write it to `path`).
+    """Append the receipt of one verification to the log, and write the same bytes to `path`
+    (best reserved up front: ReceiptFile) before the log line, so the log never records an
+    outcome the command does not end with:
 
-    When the verification failed and its receipt cannot be written either, the verification's
-    own error stands (with its exit code) and its message says the receipt is missing.
+    - the copy cannot be written: the log records this run as failed, with that error (2),
+      which the command then raises (the verification itself may have passed and been
+      recorded in the rollback state: the receipt says so in its checks);
+    - the log cannot be written (a full disk): a failed verification keeps its own error and
+      exit code, its message saying the receipt is missing; a passed one raises the log's
+      error (2): it passed, but left no evidence.
     """
+    reserved = ReceiptFile(path) if isinstance(path, Path) else path
+    copy_error: EnclaveError | None = None
+
+    def copy(line: bytes) -> None:
+        nonlocal copy_error
+        if reserved is not None:
+            try:
+                reserved.commit(line + b"\n")
+            except EnclaveError as exc:
+                copy_error = exc
+                raise
+
     try:
-        line = log.append(build_receipt(evidence, error), signer)
-        if path is not None:
-            write_new_file(path, line + b"\n")
+        try:
+            line = log.append(build_receipt(evidence, error), signer, copy)
+        except EnclaveError as exc:
+            if copy_error is None or exc is not copy_error:
+                raise
+            # No copy: this run ends failed, and its receipt in the log says exactly that.
+            outcome = error or UsageError(f"{exc} (the receipt in {log.path} records this run as failed)")
+            line = log.append(build_receipt(evidence, outcome), signer)
+            if error is None:
+                raise outcome from None
+            error.args = (f"{error} (its receipt copy was not written: {exc})",)
     except EnclaveError as failure:
-        if error is None:
+        if error is None or failure is error:
             raise
         error.args = (f"{error} (and no receipt was written: {failure})",)
         return {"seq": None, "hash": None}
+    finally:
+        if reserved is not None:
+            reserved.discard()
     seq = _parse_line(line, str(log.path))[1]["log"]["seq"]
     return {"seq": seq, "hash": leaf_hash(line).hex()}
 

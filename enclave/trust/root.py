@@ -27,6 +27,7 @@ from enclave.errors import (
     TrustError,
     UsageError,
 )
+from enclave.fileio import read_regular
 from enclave.strictjson import strict_json
 from enclave.trust.keys import TUF_KEYTYPE, PublicKey, SigningKey
 
@@ -154,11 +155,7 @@ class TrustRoot:
     # -- parsing ------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: Path) -> TrustRoot:
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_ROOT_BYTES + 1)  # over the cap: refused by from_json, unread
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read trust root: {exc.strerror}") from None
+        data = read_regular(path, "trust root", MAX_ROOT_BYTES)  # over the cap: refused by from_json
         return cls.from_json(data, str(path))
 
     @classmethod

@@ -87,6 +87,22 @@ def apply_chain(trusted: TrustRoot, candidates: Sequence[TrustRoot]) -> TrustRoo
     return current
 
 
+def skipped_roots(trusted: TrustRoot, candidates: Sequence[TrustRoot]) -> list[str]:
+    """Why each of `candidates` that `apply_chain` passes over is passed over: the trusted root
+    itself, or an older version (of this root's history or of another's: an older root cannot
+    be checked against the trusted one, so it is never applied)."""
+    notes = []
+    for root in candidates:
+        if root.digest == trusted.digest:
+            notes.append(f"{root.source}: v{root.version} is the trusted root already")
+        elif root.version < trusted.version:
+            notes.append(
+                f"{root.source}: skipped: v{root.version} is older than the trusted v{trusted.version} "
+                "(an old root of this chain, or another chain's root: never applied)"
+            )
+    return notes
+
+
 @dataclass(frozen=True)
 class Resolution:
     root: TrustRoot

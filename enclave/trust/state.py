@@ -276,6 +276,17 @@ class StateDir:
             raise UsageError(f"{path}: the state directory is not writable (use --state-dir or {STATE_ENV})")
         return cls(path)
 
+    @classmethod
+    def existing(cls, path: Path | None = None) -> StateDir:
+        """The state directory at `path` (default: `default_state_dir()`), which must exist:
+        for commands that only read it (`store ls|verify|gc`), so that a mistyped --state-dir
+        is an error (2), never a new empty directory reported as healthy."""
+        path = path or default_state_dir()
+        if not path.is_dir():
+            what = "not a directory" if path.exists() else "does not exist"
+            raise UsageError(f"{path}: {what}: no state directory there (check --state-dir or {STATE_ENV})")
+        return cls(path)
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive across processes; stale temporary files of crashed writers are removed."""

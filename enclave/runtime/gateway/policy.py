@@ -18,8 +18,10 @@ from typing import Any, Literal
 import yaml
 
 from enclave.errors import UsageError
+from enclave.fileio import read_regular
 from enclave.runtime.gateway.matcher import Hit, Matcher, within_window
 from enclave.runtime.gateway.normalise import NORMALISATION, skeleton_tokens, squeeze
+from enclave.yamldoc import load_yaml_document as load_yaml_document  # the shared loader
 
 Action = Literal["allow", "refuse", "hold"]
 API_VERSION = "enclave/v1"
@@ -155,32 +157,7 @@ class Policy:
 
 
 def load_policy(path: Path) -> Policy:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read policy: {exc.strerror}") from None
-    return parse_policy(text, str(path))
-
-
-def load_yaml_document(text: bytes, source: str, what: str) -> tuple[yaml.Node, Any]:
-    """One YAML document as its node (for line numbers and duplicate keys) and its data; a
-    file that is empty, not UTF-8 or not YAML is a UsageError naming `source` (and the line)."""
-    try:
-        loader = yaml.SafeLoader(text.decode("utf-8"))
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                raise UsageError(f"{source}: empty {what}")
-            return node, loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except UnicodeDecodeError:
-        raise UsageError(f"{source}: {what} is not UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise UsageError(f"{source}{where}: invalid YAML: {problem}") from None
+    return parse_policy(read_regular(path, "policy"), str(path))
 
 
 def parse_policy(text: bytes, source: str) -> Policy:
