@@ -202,7 +202,7 @@ def test_a_record_forged_after_a_clean_stop_is_unproven_and_never_signed_over(
     assert code == 0 and "UNPROVEN" in text and "1 UNPROVEN" in text.splitlines()[0], text
     code, text = audit_verify(capsys, str(log), "--trust", str(trust.root), "--json")
     report = json.loads(text)
-    assert report["unproven_records"] == 1 and any("UNPROVEN" in w for w in report["warnings"])
+    assert report["unprovenRecords"] == 1 and any("UNPROVEN" in w for w in report["warnings"])
     code, text = audit_verify(capsys, str(log), "--trust", str(trust.root), "--require-checkpointed")
     assert code == 3 and "--require-checkpointed" in text
 

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -60,14 +61,14 @@ def spawn(
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stderr=subprocess.PIPE)
 
 
-async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes], tls: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"gateway exited: {proc.stderr.read().decode() if proc.stderr else ''}")
             try:
-                async with session.get(url + "/healthz") as response:
+                async with session.get(url + "/healthz", ssl=tls if tls is not None else True) as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:

@@ -205,9 +205,10 @@ def test_denial_and_timeout_mean_no(tmp_path: Path, trust: Trust) -> None:
             body = chat(HELD_PROMPT)
             headers = requester_headers(trust.approvers[0], "POST", CHAT, body)
             _, held, _ = await post(session, gw.url + CHAT, body, headers)
-            ids.append(held["id"])  # still pending when the gateway stops
+            ids.append(held["id"])  # still pending when the gateway stops: journalled, not expired
         outcome = {d["id"]: d["decision"] for d in decisions(log) if d["decision"] in ("deny", "expire")}
-        assert outcome == {ids[0]: "deny", ids[1]: "expire", ids[2]: "expire"}
+        assert outcome == {ids[0]: "deny", ids[1]: "expire"}
+        assert [p.name for p in log.with_name("audit.log.held").iterdir()] == [f"{ids[2]}.json"]
 
     run(scenario())
 

@@ -5,9 +5,11 @@ An approval is a DSSE envelope, signed by one key of the trust root's `approver`
 distinct approvers other than its requester have approved it before it expires; one valid
 denial ends it. Every nonce is accepted once. Time is passed in, so the rules are testable.
 
-The requester is identified by a *requester token*: the same kind of envelope over
+When the gateway identifies its users (mTLS or API keys, docs/GATEWAY.md 12) the requester is
+the caller, and `submit` is told who sends each statement. Without identities the requester is
+identified by a *requester token*: the same kind of envelope over
 `{"nonce","request_hash","time"}` signed by the requester's own approver key. Without it the
-gateway could not tell a requester from an approver, so held requests require one.
+gateway could not tell a requester from an approver, so held requests then require one.
 """
 
 from __future__ import annotations
@@ -75,13 +77,19 @@ class Held:
     body: bytes
     rule: Rule
     required: int
-    requester: str
+    requester: str | None  # the requester's signing keyid (an approver key), if any
     created: float
     expires: float
     approvals: dict[str, Statement] = field(default_factory=dict)
     state: State = "pending"
     result: dict[str, Any] | None = None
     finished: float | None = None
+    user: dict[str, Any] | None = None  # the requester's identity record (docs/GATEWAY.md 12)
+    answer: tuple[int, str, bytes] | None = field(default=None, repr=False)  # status, type, bytes
+
+    @property
+    def requester_name(self) -> str | None:
+        return str(self.user["name"]) if self.user else None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -94,6 +102,7 @@ class Held:
             "rule": self.rule.id,
             "rule_description": self.rule.description,
             "requester": self.requester,
+            "user": self.user,
             "status": self.state,
             "approvals_required": self.required,
             "approvals": sorted(self.approvals),
@@ -237,8 +246,9 @@ class ApprovalBook:
         path: str,
         body: bytes,
         rule: Rule,
-        requester: str,
+        requester: str | None,
         now: float,
+        user: dict[str, Any] | None = None,
     ) -> Held:
         self.forget(now)
         if self.pending >= self.settings.max_pending:
@@ -264,11 +274,19 @@ class ApprovalBook:
             requester=requester,
             created=now,
             expires=now + self.settings.timeout_seconds,
+            user=user,
         )
         if request_id in self._held:
             raise Rejected(409, "duplicate_id", f"request id {request_id} is already held")
         self._held[request_id] = held
         return held
+
+    def restore(self, held: Held, now: float) -> None:
+        """Put back a held request read from the journal after a restart (its nonces included)."""
+        skew = self.settings.clock_skew_seconds
+        for statement in held.approvals.values():
+            self.nonces.use(statement.nonce, held.expires + skew, now)
+        self._held[held.id] = held
 
     def get(self, request_id: str, now: float) -> Held:
         held = self._held.get(request_id)
@@ -278,9 +296,19 @@ class ApprovalBook:
             )
         return held
 
-    def submit(self, request_id: str, data: bytes, now: float) -> tuple[Held, Statement]:
+    def submit(
+        self,
+        request_id: str,
+        data: bytes,
+        now: float,
+        caller: tuple[str, str | None] | None = None,
+    ) -> tuple[Held, Statement]:
         """Check one approval statement and count it. On success the request's state is
-        `pending`, `approved` (threshold met: caller executes it) or `denied`."""
+        `pending`, `approved` (threshold met: caller executes it) or `denied`.
+
+        `caller`: the authenticated (name, signing keyid) of whoever sent it, when the gateway
+        identifies its users: the statement must be signed with the caller's own key, and the
+        caller must not be the requester."""
         held = self.get(request_id, now)
         key, payload = _statement(
             data,
@@ -309,7 +337,11 @@ class ApprovalBook:
             raise Rejected(403, "stale_approval", "approval time is outside the request's approval window")
         if not self.nonces.use(payload["nonce"], held.expires + skew, now):
             raise Rejected(409, "replay", "approval nonce was already used (replay)")
-        if key.keyid == held.requester:
+        if caller is not None and caller[1] != key.keyid:
+            raise Rejected(
+                403, "approver_mismatch", "the approval is not signed with the key of the approver sending it"
+            )
+        if key.keyid == held.requester or (caller is not None and caller[0] == held.requester_name):
             raise Rejected(403, "self_approval", "the requester cannot approve their own request")
         if key.keyid in held.approvals:
             raise Rejected(409, "duplicate_approver", "this approver has already decided on this request")

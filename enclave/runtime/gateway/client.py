@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -21,14 +24,42 @@ from enclave.runtime.gateway.inspect import request_hash
 from enclave.trust.keys import SigningKey
 
 TIMEOUT_SECONDS = 900.0  # the final approval waits for the model's answer
+# How `enclave approve` and `enclave held show` reach a gateway that identifies its users
+# (docs/GATEWAY.md 12): the CA that signed the gateway's certificate, the approver's client
+# certificate and key (ENCLAVE_KEY_PASSPHRASE if encrypted), or a file holding an API key.
+CONNECTION_ENV = (
+    "ENCLAVE_GATEWAY_CA",
+    "ENCLAVE_GATEWAY_CERT",
+    "ENCLAVE_GATEWAY_KEY",
+    "ENCLAVE_GATEWAY_API_KEY_FILE",
+)
+
+
+@functools.cache
+def _connection(ca: str, cert: str, key: str, api_key_file: str) -> tuple[ssl.SSLContext | None, str | None]:
+    from enclave.identity.tls import client_context
+
+    context = (
+        client_context(Path(ca), Path(cert) if cert else None, Path(key) if key else None) if ca else None
+    )
+    api_key = None
+    if api_key_file:
+        try:
+            api_key = Path(api_key_file).read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{api_key_file}: cannot read the API key: {exc}") from None
+    return context, api_key
 
 
 def _call(method: str, url: str, body: bytes | None = None) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         request.add_header("Content-Type", "application/json")
+    context, api_key = _connection(*(os.environ.get(name, "") for name in CONNECTION_ENV))
+    if api_key is not None:
+        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS, context=context) as response:
             status, data = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, data = exc.code, exc.read()
@@ -71,12 +102,16 @@ def fetch_held(request_id: str, gateway: str) -> dict[str, Any]:
     return held
 
 
-def approve(request_id: str, key: Path, gateway: str, decision: str = "approve") -> dict[str, Any]:
+def approve(
+    request_id: str, key: Path, gateway: str, decision: str = "approve", shown_hash: str | None = None
+) -> dict[str, Any]:
     """`enclave approve REQUEST_ID --key KEY --gateway URL`: sign and send one decision.
 
     Returns the gateway's answer: the held request's summary, with `status` "pending"
     (more approvals needed), "completed" (this approval met the threshold; `result` holds
     the model's answer) or "denied". Raises PolicyError when the gateway refuses it.
+    `shown_hash`: the request hash of what the approver was shown (review.describe_held):
+    a request whose bytes changed since is never signed.
     """
     if decision not in ("approve", "deny"):
         raise UsageError(f"decision must be 'approve' or 'deny', got {decision!r}")
@@ -84,6 +119,8 @@ def approve(request_id: str, key: Path, gateway: str, decision: str = "approve")
     held = fetch_held(request_id, gateway)
     if held.get("status") != "pending":
         raise PolicyError(f"request {request_id} is {held.get('status')}; it can no longer be decided")
+    if shown_hash is not None and held.get("request_hash") != shown_hash:
+        raise PolicyError(f"request {request_id}: the gateway now shows other bytes than were reviewed")
     envelope = approval_envelope(
         signing, request_id, str(held["request_hash"]), cast(Decision, decision), datetime.now(UTC)
     )

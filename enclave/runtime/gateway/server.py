@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import ssl
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +24,10 @@ from aiohttp import web
 import enclave
 from enclave.errors import PolicyError, TrustError, UsageError
 from enclave.runtime.audit.writer import AuditLog
+from enclave.runtime.gateway.access import Authenticator, RateLimiter
 from enclave.runtime.gateway.app import Gateway, GatewayConfig
+from enclave.runtime.gateway.journal import HeldJournal
+from enclave.runtime.gateway.listener import WatchedTLSSite
 from enclave.runtime.gateway.normalise import NORMALISATION
 from enclave.runtime.gateway.policy import Policy, load_policy
 from enclave.trust.keys import PublicKey, SigningKey
@@ -54,6 +58,51 @@ class Prepared:
     start_fields: dict[str, Any]
     host: str
     port: int
+    tls: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True)
+class Access:
+    """TLS and who may ask (docs/GATEWAY.md 12): all None serves plain HTTP to anyone, as before."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None  # mutual TLS: every request needs an identity
+    crl: Path | None = None
+    users: Path | None = None  # API keys, for clients without a certificate
+    tls12: bool = False
+    rate_limit: float | None = None  # requests a second per user
+    rate_burst: int | None = None
+
+    def check(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise UsageError("--client-ca needs TLS: give --tls-cert and --tls-key")
+        if self.client_ca is None:
+            for value, flag in (
+                (self.crl, "--crl"),
+                (self.users, "--users"),
+                (self.rate_limit, "--rate-limit"),
+            ):
+                if value is not None:
+                    raise UsageError(f"{flag} needs --client-ca (users are identified through it)")
+        if self.tls12 and self.tls_cert is None:
+            raise UsageError("--tls12 needs --tls-cert")
+        if self.rate_burst is not None and self.rate_limit is None:
+            raise UsageError("--rate-burst needs --rate-limit")
+
+
+def _tls_fields(
+    access: Access, identity: Authenticator | None, limiter: RateLimiter | None
+) -> dict[str, Any]:
+    if access.tls_cert is None:
+        return {"tls": None, "identity": None, "rate_limit": None}
+    return {
+        "tls": {"cert": str(access.tls_cert), "min_version": "TLSv1.2" if access.tls12 else "TLSv1.3"},
+        "identity": identity.describe() if identity else None,
+        "rate_limit": limiter.describe() if limiter else None,
+    }
 
 
 def prepare(
@@ -71,13 +120,20 @@ def prepare(
     guard: Path | None = None,
     guard_digest: str | None = None,
     accept_unproven_tail: bool = False,
+    access: Access | None = None,
+    held_dir: Path | None = None,
 ) -> Prepared:
     """Everything `serve` checks before listening; raises the typed errors.
+
+    `access`: TLS, client identities and rate limits (docs/GATEWAY.md 12). `held_dir`: where
+    pending held requests are journalled (default: LOG.held beside the audit log).
 
     `accept_unproven_tail`: an operator accepts records at the end of the audit log that no
     checkpoint covers (after a crash); the log then says so (docs/GATEWAY.md 5.4)."""
     host, port = parse_listen(listen)
     upstream = check_upstream(upstream)
+    access = access or Access()
+    access.check()
     loaded = load_policy(policy)
     # The guard's pins and self-test run before the gateway listens: a guard that changed stops it.
     from enclave.guard.model import load_guard  # the guard imports this package's normaliser
@@ -101,6 +157,16 @@ def prepare(
         approvers = root.role_keys("approver")
         threshold = root.roles["approver"].threshold
     check_approvable(loaded, approvers, threshold, trust, guarded=learned is not None)
+    tls = None
+    if access.tls_cert is not None and access.tls_key is not None:
+        from enclave.identity.tls import server_context
+
+        tls = server_context(access.tls_cert, access.tls_key, access.client_ca, tls12=access.tls12)
+    identity = Authenticator(access.client_ca, access.crl, access.users) if access.client_ca else None
+    limiter = None
+    if access.rate_limit is not None:
+        limiter = RateLimiter(access.rate_limit, access.rate_burst or max(1, int(access.rate_limit)))
+    journal = HeldJournal(held_dir or audit_log.with_name(audit_log.name + ".held"))
     log = AuditLog.open(
         audit_log,
         signer,
@@ -118,6 +184,9 @@ def prepare(
         approver_threshold=threshold,
         model_digest=digest,
         guard=learned,
+        identity=identity,
+        rate_limit=limiter,
+        journal=journal,
     )
     start_fields = {
         "policy_digest": loaded.digest,
@@ -139,9 +208,11 @@ def prepare(
             "thresholds": learned.thresholds.as_dict(),
             "deadline_ms": learned.deadline_ms,
         },
+        **_tls_fields(access, identity, limiter),
+        "held_dir": str(journal.directory),
         "enclave_version": enclave.__version__,
     }
-    return Prepared(config, start_fields, host, port)
+    return Prepared(config, start_fields, host, port, tls)
 
 
 def check_approvable(
@@ -193,7 +264,14 @@ async def start_gateway(prepared: Prepared) -> RunningGateway:
         gateway.application(), access_log=None, handle_signals=False, max_field_size=MAX_HEADER_FIELD
     )
     await runner.setup()
-    site = web.TCPSite(runner, prepared.host, prepared.port, backlog=1024, reuse_address=True)
+    site: web.TCPSite
+    if prepared.tls is not None:
+        site = WatchedTLSSite(
+            runner, prepared.host, prepared.port, prepared.tls, gateway.handshake_failed,
+            backlog=1024, reuse_address=True,
+        )  # fmt: skip
+    else:
+        site = web.TCPSite(runner, prepared.host, prepared.port, backlog=1024, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
@@ -203,7 +281,8 @@ async def start_gateway(prepared: Prepared) -> RunningGateway:
     addresses = runner.addresses
     port = int(addresses[0][1]) if addresses else prepared.port
     host = f"[{prepared.host}]" if ":" in prepared.host else prepared.host
-    return RunningGateway(gateway, runner, f"http://{host}:{port}")
+    scheme = "https" if prepared.tls is not None else "http"
+    return RunningGateway(gateway, runner, f"{scheme}://{host}:{port}")
 
 
 def serve(
@@ -220,6 +299,8 @@ def serve(
     guard: Path | None = None,
     guard_digest: str | None = None,
     accept_unproven_tail: bool = False,
+    access: Access | None = None,
+    held_dir: Path | None = None,
 ) -> None:
     """`enclave gateway serve`: blocks until SIGINT/SIGTERM, then writes a final checkpoint."""
     prepared = prepare(
@@ -235,6 +316,8 @@ def serve(
         guard=guard,
         guard_digest=guard_digest,
         accept_unproven_tail=accept_unproven_tail,
+        access=access,
+        held_dir=held_dir,
     )
     asyncio.run(_serve(prepared))
 
