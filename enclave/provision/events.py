@@ -158,7 +158,8 @@ def control_results(
     ok -> not_a_finding; changed -> not_a_finding (fixed by this run), or open in check mode
     (it would change); ignored failure -> open, with the reason; skipped -> not_applicable when
     the control's scope belongs to the kernel/machine and the host is a container, else
-    not_reviewed (switched off); no event at all (the host stopped first) -> not_reviewed.
+    not_reviewed (switched off, alone or with its category); no event at all (the host stopped
+    first, or a --tags selection left it out) -> not_reviewed.
     Several tasks of one control: the worst status wins.
     """
     by_id: dict[str, list[TaskRecord]] = {}
@@ -172,7 +173,10 @@ def control_results(
         cid = str(control["id"])
         tasks = by_id.get(cid)
         if not tasks:
-            reason = run.unreachable_reason or "the host stopped before this control ran"
+            reason = run.unreachable_reason or (
+                f"its task did not run (tags {cid}, {category(control)} not selected, "
+                "or the host stopped before it)"
+            )
             results[cid] = ControlResult(NOT_REVIEWED, f"Not evaluated: {reason}")
             continue
         results[cid] = _worst([_one(t, control, container, check_mode) for t in tasks])
@@ -212,9 +216,24 @@ def _one(task: TaskRecord, control: Mapping[str, Any], container: bool, check_mo
                 "the host the container runs on.",
             )
         return ControlResult(
-            NOT_REVIEWED, f"Not evaluated: switched off by {var}=false (risk acceptance on record?)."
+            NOT_REVIEWED,
+            f"Not evaluated: switched off by {var}=false or by its category, "
+            f"{category_switch(control)}=false (risk acceptance on record?).",
         )
     return ControlResult(NOT_REVIEWED, f"Not evaluated: {task.message or task.status}")
+
+
+CATEGORY_OF_SEVERITY = {"high": "CAT1", "medium": "CAT2", "low": "CAT3"}  # DISA CAT I, II, III
+
+
+def category(control: Mapping[str, Any]) -> str:
+    """The control's severity category tag: CAT1 (high), CAT2 (medium), CAT3 (low)."""
+    return CATEGORY_OF_SEVERITY[str(control.get("severity", "medium"))]
+
+
+def category_switch(control: Mapping[str, Any]) -> str:
+    """The variable that turns a whole category off: enclave_harden_cat1, _cat2, _cat3."""
+    return "enclave_harden_" + category(control).lower()
 
 
 def switch_name(control_id: str) -> str:

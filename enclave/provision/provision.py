@@ -69,6 +69,9 @@ class Options:
     # reaches the roles through the Ansible process's environment, never a file of the run.
     deploy_key: Path | None = None
     deploy_passphrase: bytes | None = None
+    # Manual attestations (files or directories of them, enclave.evidence.attest): the valid,
+    # unexpired ones are merged into the checklists; the others are ignored, and said so.
+    attestations: Sequence[Path] = ()
 
 
 @dataclass
@@ -148,10 +151,12 @@ def provision(opts: Options, say: Say | None = None) -> Outcome:
             _collect(outcomes, outcome_run, catalogue, opts.check)
         if view is not None:
             view.finish()
-        _write_checklists(outcomes, catalogue, opts, statement)
+        attested = _write_checklists(outcomes, catalogue, opts, statement, verified.root, speak)
         report = _report(
             opts, verified, outcomes, outcome_run, started, time.monotonic() - clock, known_hosts
         )
+        if opts.attestations:
+            report["attestations"] = attested
         if opts.report:
             write_json(opts.report, report)
         result = Outcome(report, list(outcomes.values()))
@@ -465,9 +470,18 @@ def _write_checklists(
     catalogue: Sequence[Mapping[str, Any]],
     opts: Options,
     statement: BundleStatement,
-) -> None:
+    root: TrustRoot,
+    say: Say,
+) -> dict[str, Any]:
+    """Write one checklist per host, with the valid attestations merged; returns what was
+    applied and what was ignored (and says each ignored one)."""
+    from enclave.evidence import attest
+
+    valid, ignored = attest.load(opts.attestations, root, opts.now) if opts.attestations else ([], [])
+    applied: dict[str, list[attest.Attestation]] = {}
     if opts.checklist_dir is None:
-        return
+        return {"applied": [], "ignored": [i.to_dict() for i in ignored]}
+    ignored += attest.for_hosts(valid, outcomes)
     for name, outcome in outcomes.items():
         context = outcome.run.context if outcome.run else {}
         where = "container" if context.get("container") else "host"
@@ -485,9 +499,17 @@ def _write_checklists(
             results = outcome.controls
         target = {"address": outcome.host.address, "fqdn": outcome.host.name}
         doc = cklb.build_checklist(name, target, catalogue, results, comment)
+        applied[name], missing = attest.merge(doc, name, valid)
+        ignored += missing
         path = opts.checklist_dir / f"{name}.cklb"
         cklb.write_checklist(path, doc)
         outcome.checklist = path
+    for line in attest.summary(applied, ignored):
+        say(line)
+    return {
+        "applied": [a.to_dict() for items in applied.values() for a in items],
+        "ignored": [i.to_dict() for i in ignored],
+    }
 
 
 def _report(

@@ -27,6 +27,9 @@ def test_demo_runs_the_whole_lifecycle_and_cleans_up(docker_engine: None) -> Non
     weights = published / "content" / "weights" / demo.GGUF
     assert weights.stat().st_size == demo.model_weights().stat().st_size
     assert list(Path(doc["artefacts"]["CKLB checklists"]).glob("*.cklb"))
+    index = Path(doc["artefacts"]["evidence report"])
+    check = ["enclave", "evidence", "verify", str(index.parent), "--trust", doc["artefacts"]["trust root"]]
+    assert index.is_file() and subprocess.run(check, capture_output=True, timeout=300).returncode == 0
     down = subprocess.run(["enclave", "demo", "--down"], capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr
     assert not demo.WORK.exists()

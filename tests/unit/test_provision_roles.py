@@ -1,6 +1,7 @@
 """Static rules of the playbooks that the provisioning code relies on: one task per control,
-named and tagged with its STIG ID and switched by its variable; kernel-level controls skip
-inside containers; no role installs packages (the hosts have no package source)."""
+named and tagged with its STIG ID and its severity category (CAT1-3), switched by its variable
+and its category's; kernel-level controls skip inside containers; no role installs packages
+(the hosts have no package source)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from enclave.provision import cklb
-from enclave.provision.events import CONTROL_ID, switch_name
+from enclave.provision.events import CONTROL_ID, category, category_switch, switch_name
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 HARDEN = PLAYBOOKS / "roles" / "enclave_harden"
@@ -75,8 +76,9 @@ def test_every_control_task_is_in_the_catalogue_and_back() -> None:
 def test_one_task_per_control_tagged_switched_and_fail_soft(control: dict[str, Any]) -> None:
     (task,) = harden_control_tasks()[control["id"]]
     assert task["name"].startswith(control["id"] + " ")
-    assert task["tags"] == [control["id"]]
+    assert task["tags"] == [control["id"], category(control)]
     assert f"{switch_name(control['id'])} | bool" in when_list(task)
+    assert f"{category_switch(control)} | bool" in when_list(task)
     # A control that cannot be met is an open finding, not a stopped host.
     assert task["ignore_errors"] is True and task["register"] == "enclave_harden_result"
     guarded = CONTAINER_GUARD in when_list(task)
@@ -87,6 +89,20 @@ def test_every_switch_defaults_on() -> None:
     defaults = yaml.safe_load((HARDEN / "defaults" / "main.yml").read_text())
     for control in CATALOGUE:
         assert defaults[switch_name(control["id"])] is True
+    assert [defaults[f"enclave_harden_cat{n}"] for n in (1, 2, 3)] == [True, True, True]
+
+
+def test_a_category_selected_by_tags_still_reads_the_host_context() -> None:
+    """`--tags CAT1` runs the CAT I controls alone: what they need runs whatever the selection,
+    and every untagged task of the role belongs to a control's category."""
+    main = yaml.safe_load((HARDEN / "tasks" / "main.yml").read_text())
+    always = {t["name"] for t in main if "always" in t.get("tags", [])}
+    assert always == {"Collect what the controls need to know", "Report the hardening context"}
+    for path in sorted((HARDEN / "tasks").glob("*.yml")):
+        if path.name in ("main.yml", "context.yml"):
+            continue
+        for task in tasks_of(path):
+            assert {"CAT1", "CAT2", "CAT3"} & set(task.get("tags", [])), f"{path.name}: {task['name']}"
 
 
 def test_no_role_installs_anything() -> None:

@@ -9,6 +9,7 @@ It is built in a staging directory and published by rename, so DIR is complete o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -26,8 +27,24 @@ from enclave.trust.root import TrustRoot
 PACKAGE_FORMAT = "enclave-audit-export/v1"
 
 
-def export(log: Path, out: Path, trust: Path, *, inclusion_proofs: bool = True) -> Path:
+def export(
+    log: Path,
+    out: Path,
+    trust: Path,
+    *,
+    inclusion_proofs: bool = True,
+    user: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Path:
     """Write the package to `out` (which must not exist, or be empty) and return `out`.
+
+    `user`: `records.jsonl` and the inclusion proofs then hold only the records of that user
+    (docs/GATEWAY.md 12.4): every record naming them, and every record about a request they
+    made; each still proves itself against the signed checkpoints.
+
+    `since`/`until` (`YYYY-MM-DDTHH:MM:SSZ`, inclusive): likewise only the records written in
+    that window, and every record about a request decided in it (`enclave evidence build`).
 
     A log that fails verification is still exported (that is when forensics matter most),
     with the findings in verification.json; then LogVerificationError (exit 3) is raised
@@ -42,7 +59,21 @@ def export(log: Path, out: Path, trust: Path, *, inclusion_proofs: bool = True) 
         shutil.rmtree(staging)
     try:
         staging.mkdir(parents=True)
-        _write_package(staging, log, analysis, TrustRoot.load(trust), root_bytes, inclusion_proofs)
+        selected = None if user is None else user_records(analysis.entries, user)
+        if since is not None or until is not None:
+            in_window = window_records(analysis.entries, since, until)
+            selected = in_window if selected is None else selected & in_window
+        _write_package(
+            staging,
+            log,
+            analysis,
+            TrustRoot.load(trust),
+            root_bytes,
+            inclusion_proofs,
+            selected,
+            user,
+            (since, until),
+        )
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -57,12 +88,60 @@ def export(log: Path, out: Path, trust: Path, *, inclusion_proofs: bool = True) 
     return out
 
 
+def user_records(entries: list[bytes], user: str) -> set[int]:
+    """The seqs of the records of one user: those naming them (`user.name`) and those about a
+    request they made (the same `id`: outcomes, approvals, answers)."""
+    docs = _parsed(entries)
+    mine = {seq for seq, doc in docs if isinstance(doc.get("user"), dict) and doc["user"].get("name") == user}
+    return _with_requests(docs, mine)
+
+
+def window_records(entries: list[bytes], since: str | None, until: str | None) -> set[int]:
+    """The seqs of the records written between `since` and `until` (inclusive, whole seconds),
+    and of every record about a request decided in that window (its outcome, approvals)."""
+    docs = _parsed(entries)
+    inside = {
+        seq
+        for seq, doc in docs
+        if isinstance(doc.get("time"), str)
+        and (since is None or doc["time"][:19] >= since[:19])
+        and (until is None or doc["time"][:19] <= until[:19])
+    }
+    return _with_requests(docs, inside)
+
+
+def _parsed(entries: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
+    docs = []
+    for seq, entry in enumerate(entries):
+        with contextlib.suppress(ValueError):
+            doc = json.loads(entry)
+            if isinstance(doc, dict):
+                docs.append((seq, doc))
+    return docs
+
+
+def _with_requests(docs: list[tuple[int, dict[str, Any]]], chosen: set[int]) -> set[int]:
+    """`chosen` and every record about a request whose decision is among them."""
+    ids = {doc.get("id") for seq, doc in docs if seq in chosen and doc.get("event") == "decision"} - {None}
+    return chosen | {seq for seq, doc in docs if doc.get("id") in ids}
+
+
 def _write_package(
-    target: Path, log: Path, analysis: Analysis, root: TrustRoot, root_bytes: bytes, inclusion_proofs: bool
+    target: Path,
+    log: Path,
+    analysis: Analysis,
+    root: TrustRoot,
+    root_bytes: bytes,
+    inclusion_proofs: bool,
+    selected: set[int] | None = None,
+    user: str | None = None,
+    window: tuple[str | None, str | None] = (None, None),
 ) -> None:
     report = analysis.report
     files: dict[str, bytes] = {}
-    files["records.jsonl"] = b"".join(entry + b"\n" for entry in analysis.entries)
+    files["records.jsonl"] = b"".join(
+        entry + b"\n" for seq, entry in enumerate(analysis.entries) if selected is None or seq in selected
+    )
     files["checkpoints.jsonl"] = b"".join(cp.line + b"\n" for cp in analysis.checkpoints)
     files["root.json"] = root_bytes
     for role in ("audit", "approver"):
@@ -84,6 +163,10 @@ def _write_package(
             "root_hash": report.root_hash,
             "trust_root_version": root.version,
             "trust_root_digest": root.digest,
+            "selected": None
+            if selected is None
+            else {"user": user, "records": len(selected)}
+            | ({"since": window[0], "until": window[1]} if window != (None, None) else {}),
         }
     )
     sums: dict[str, str] = {}
@@ -97,7 +180,7 @@ def _write_package(
         name = "proofs/inclusion.jsonl"
         hasher = hashlib.sha256()
         with (target / name).open("wb") as out:
-            for line in _inclusion(analysis):
+            for line in _inclusion(analysis, selected):
                 hasher.update(line)
                 out.write(line)
         sums[name] = hasher.hexdigest()
@@ -125,7 +208,7 @@ def _consistency(analysis: Analysis) -> list[dict[str, Any]]:
     return proofs
 
 
-def _inclusion(analysis: Analysis) -> Iterator[bytes]:
+def _inclusion(analysis: Analysis, selected: set[int] | None = None) -> Iterator[bytes]:
     """One line per record covered by the last matching checkpoint: its audit path."""
     last = analysis.report.last_checkpoint
     if last is None:
@@ -133,6 +216,8 @@ def _inclusion(analysis: Analysis) -> Iterator[bytes]:
     size = int(last["tree_size"])
     tree = analysis.tree
     for index in range(size):
+        if selected is not None and index not in selected:
+            continue
         proof = tree.inclusion_proof(index, size)
         line = {
             "seq": index,

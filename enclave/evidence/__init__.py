@@ -1,0 +1,12 @@
+"""Evidence for assessors: one signed package of everything enclave leaves behind, a report to
+look at, the POA&M, and manual attestations (docs/OPERATIONS.md, "Evidence for assessors";
+docs/FORMAT.md, "Evidence package").
+
+- `build.build(out, Sources(...), key, trust, now)`: `enclave evidence build`;
+- `package.verify(path, root)`: `enclave evidence verify` (4: signature, 3: any file changed);
+- `attest.sign(...)`: `enclave attest`; `attest.load` and `attest.merge`: used by `provision`
+  and by `build`.
+
+`verify` and `attest` need the core only; `build` needs the `evidence` extra (openpyxl, for the
+POA&M workbook) and reads checklists with the provisioning code's CKLB schema.
+"""
