@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from enclave import __version__
-from enclave.errors import EnclaveError, UsageError
+from enclave.cliout import warn, with_report
+from enclave.errors import EnclaveError, TrustError, UsageError
 
 Result = tuple[str, Any]  # (human text, JSON document)
 Handler = Callable[[argparse.Namespace], Result]
@@ -102,6 +102,7 @@ def cmd_trust_show(args: argparse.Namespace) -> Result:
     from enclave.trust.root import ROLES, TrustRoot
     from enclave.trust.state import StateDir, default_state_dir
 
+    now = _now(args)  # a bad --at is a usage error (2), not a status line
     if args.root is None:  # the root the high side trusts now
         state = StateDir(Path(args.state_dir) if args.state_dir else default_state_dir())
         stored = state.read_root()
@@ -130,11 +131,14 @@ def cmd_trust_show(args: argparse.Namespace) -> Result:
         lines.append(f"  {name}: threshold {role.threshold} of {len(keys)}{rule}")
         lines += [f"    {k['keyid'][:16]}  {k['scheme']}" for k in keys]
     try:
-        root.check(_now(args))
+        root.check(now)
         doc["valid"], status = True, "signatures valid, not expired"
     except EnclaveError as exc:
-        doc["valid"], status = False, f"NOT VALID: {exc}"
+        doc["valid"], status, problem = False, f"NOT VALID: {exc}", exc
     lines.append(f"  status: {status}")
+    if not doc["valid"]:  # shown in full, then exit 4 like every refusal
+        error = TrustError(f"{args.root}: trust root v{root.version} is not valid: {problem}")
+        raise with_report(error, "\n".join(lines), doc, args.json)
     return "\n".join(lines), doc
 
 
@@ -202,7 +206,7 @@ def cmd_trust_rotate(args: argparse.Namespace) -> Result:
 
 def cmd_trust_update(args: argparse.Namespace) -> Result:
     from enclave.trust.root import TrustRoot
-    from enclave.trust.rotation import apply_chain, resolve
+    from enclave.trust.rotation import apply_chain, resolve, skipped_roots
     from enclave.trust.state import StateDir
 
     state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
@@ -212,14 +216,20 @@ def cmd_trust_update(args: argparse.Namespace) -> Result:
         stored = state.read_root()
         start = resolve(stored, given).root
         final = apply_chain(start, offered)
+        skipped = skipped_roots(start, offered)  # said, never silently passed over
+        if offered and final is start and all(r.digest != start.digest for r in offered):
+            raise TrustError(f"no root applied to the trusted v{start.version}: {'; '.join(skipped)}")
         final.check(datetime.now(UTC))  # never store a root that already refuses everything
         state.store_root(final)
+    for note in skipped:
+        warn(note)
     before = f"v{stored.version}" if stored else "none"
     return (
         f"{state.root_path}: trusted root {before} -> v{final.version} (expires {final.signed['expires']})",
         {
             "stateDir": str(state.path),
             "previousVersion": stored.version if stored else None,
+            "skipped": skipped,
             "version": final.version,
             "digest": final.digest,
             "expires": final.signed["expires"],
@@ -236,31 +246,43 @@ def _load_keys(paths: Sequence[str]) -> list[Any]:
 
 def cmd_bundle_build(args: argparse.Namespace) -> Result:
     from enclave.bundle.build import build_bundle
+    from enclave.bundle.forecast import for_build, forecast
     from enclave.bundle.manifest import parse_size
 
     if args.base and args.base_statement:
         raise UsageError("give --base or --base-statement, not both")
     base = args.base or args.base_statement
     volume_size = parse_size(args.volume_size, "--volume-size") if args.volume_size else None
+    keys = _load_keys(args.key)
+    warnings = _warn(forecast(args.trust, lambda root, now: for_build(root, Path(args.manifest), keys, now)))
     path = build_bundle(
         Path(args.manifest),
         Path(args.out),
-        _load_keys(args.key),
+        keys,
         args.digest,
         volume_size=volume_size,
         base=Path(base) if base else None,
     )
-    return str(path), {"bundle": str(path)}
+    return str(path), {"bundle": str(path), "warnings": warnings}
+
+
+def _warn(warnings: list[str]) -> list[str]:
+    for line in warnings:
+        warn(line)
+    return warnings
 
 
 def cmd_bundle_split(args: argparse.Namespace) -> Result:
+    from enclave.bundle.forecast import for_split, forecast
     from enclave.bundle.manifest import parse_size
     from enclave.bundle.volumes import split_bundle
 
     size = parse_size(args.volume_size, "--volume-size")
-    parts, index = split_bundle(Path(args.bundle), size, _load_keys(args.key))
+    keys = _load_keys(args.key)
+    warnings = _warn(forecast(args.trust, lambda root, now: for_split(root, Path(args.bundle), keys, now)))
+    parts, index = split_bundle(Path(args.bundle), size, keys, show_progress=True)
     text = "\n".join([*(str(p) for p in parts), str(index)])
-    return text, {"volumes": [str(p) for p in parts], "index": str(index)}
+    return text, {"volumes": [str(p) for p in parts], "index": str(index), "warnings": warnings}
 
 
 def cmd_bundle_verify_volume(args: argparse.Namespace) -> Result:
@@ -271,7 +293,7 @@ def cmd_bundle_verify_volume(args: argparse.Namespace) -> Result:
     root.check(_now(args))
     volume = Path(args.volume)
     index = load_index(Path(args.index) if args.index else index_path(volume), root)
-    entry = check_volume(volume, index)
+    entry = check_volume(volume, index, show_progress=True)
     position = index.volumes.index(entry) + 1
     text = f"{volume}: volume {position} of {len(index.volumes)} of {index.bundle}: size and digest match"
     return text, {
@@ -286,13 +308,19 @@ def cmd_bundle_verify_volume(args: argparse.Namespace) -> Result:
 
 def cmd_bundle_sign(args: argparse.Namespace) -> Result:
     from enclave.bundle.build import sign_bundle
+    from enclave.bundle.forecast import for_sign, forecast
 
+    if args.base and args.base_statement:
+        raise UsageError("give --base or --base-statement, not both")
+    base = args.base or args.base_statement
     (key,) = _load_keys([args.key])
-    envelope = sign_bundle(Path(args.bundle), key)
+    warnings = _warn(forecast(args.trust, lambda root, now: for_sign(root, Path(args.bundle), key, now)))
+    envelope = sign_bundle(Path(args.bundle), key, base=Path(base) if base else None)
     keyids = [s.keyid for s in envelope.signatures]
     return f"{args.bundle}: signed by {key.keyid[:16]}; {len(keyids)} signatures", {
         "bundle": args.bundle,
         "signatures": keyids,
+        "warnings": warnings,
     }
 
 
@@ -321,27 +349,25 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
         for c in doc["components"]
     ]
     lines += document_lines(doc)  # SBOM summary, provenance, model signatures
-    lines.append("  members:")
-    lines += [f"    {m['size']:>14}  {m['mode']}  {m['digest'][:24]}  {m['name']}" for m in doc["members"]]
+    lines.append(f"  members (size, mode, {doc['digest']} of the content as {doc['digest']}sum prints it):")
+    lines += [f"    {m['size']:>14}  {m['mode']}  {m['plainDigest']}  {m['name']}" for m in doc["members"]]
     return "\n".join(lines), doc
 
 
-def _receipt_setup(
-    args: argparse.Namespace, passphrase: bytes | None = None
-) -> tuple[Any, Any, Path | None, Any]:
+def _receipt_setup(args: argparse.Namespace, passphrase: bytes | None = None) -> tuple[Any, Any, Any, Any]:
     """Before anything is checked: the state directory, its receipt log, the optional receipt
     file and audit signer, so that every verification (a failed one too) leaves a receipt."""
     from enclave.trust.keys import SigningKey
-    from enclave.trust.receipts import ReceiptLog, check_new_file
+    from enclave.trust.receipts import ReceiptFile, ReceiptLog
     from enclave.trust.state import StateDir
 
     state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
     log = ReceiptLog(state)
-    log.check()
-    receipt = Path(args.receipt) if args.receipt else None
-    if receipt is not None:
-        check_new_file(receipt)
+    log.check()  # its end intact, room for one more receipt
     signer = SigningKey.load(Path(args.audit_key), passphrase) if args.audit_key else None
+    # Reserved last, written before the log line: a --receipt that cannot be written fails
+    # here (2), before anything changes, never after the rollback record moved.
+    receipt = ReceiptFile(Path(args.receipt)) if args.receipt else None
     return state, log, receipt, signer
 
 
@@ -357,8 +383,8 @@ def cmd_bundle_verify(args: argparse.Namespace) -> Result:
     audit = args.at is not None
     if audit and (args.extract_to or args.receipt):
         raise UsageError("--at re-checks evidence only: it cannot be combined with --extract-to or --receipt")
-    state, log, receipt, signer = _receipt_setup(args)
     now = _now(args)
+    state, log, receipt, signer = _receipt_setup(args)
     evidence = Evidence([args.bundle], now, "audit" if audit else "admission")
     try:
         given = TrustRoot.load(Path(args.trust)) if args.trust else None
@@ -378,7 +404,7 @@ def cmd_bundle_verify(args: argparse.Namespace) -> Result:
             audit=audit,
             index=index,
         )
-    except Exception as exc:
+    except BaseException as exc:  # an interrupt too (exit 130): every run past set-up leaves a receipt
         record(log, evidence, exc, signer, receipt)
         raise
     line = record(log, evidence, None, signer, receipt)
@@ -443,7 +469,15 @@ def cmd_bundle_digest(args: argparse.Namespace) -> Result:
 # -- runtime: gateway, approvals, audit -------------------------------------------------------
 def cmd_gateway_serve(args: argparse.Namespace) -> Result:
     from enclave.runtime.gateway import serve
+    from enclave.runtime.gateway.server import Access
 
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    access = Access(
+        path(args.tls_cert), path(args.tls_key), path(args.client_ca), path(args.crl), path(args.users),
+        args.tls12, args.rate_limit, args.rate_burst,
+    )  # fmt: skip
     serve(
         Path(args.policy),
         args.upstream,
@@ -455,8 +489,84 @@ def cmd_gateway_serve(args: argparse.Namespace) -> Result:
         guard=Path(args.guard) if args.guard else None,
         guard_digest=args.guard_digest,
         accept_unproven_tail=args.accept_unproven_tail,
+        access=access,
+        held_dir=path(args.held_dir),
     )
     return "gateway stopped", {"stopped": True}
+
+
+# -- the enclave CA: certificates, CRL, API keys -------------------------------------------------
+def cmd_ca_init(args: argparse.Namespace) -> Result:
+    from enclave.identity.ca import init_ca
+    from enclave.trust.keys import read_passphrase
+
+    passphrase = None if args.no_passphrase else read_passphrase(f"passphrase for {args.out}/ca.key: ", True)
+    ca = init_ca(Path(args.out), args.name, args.days, passphrase)
+    doc = {"dir": args.out, "certificate": str(ca.dir / "ca.pem"), "keyid": ca.public.keyid}
+    return f"CA {args.name!r} in {args.out}: ca.pem (the --client-ca), ca.key (0600), crl.pem", doc
+
+
+def cmd_ca_issue(args: argparse.Namespace) -> Result:
+    from enclave.identity.ca import CA_KEY, issue
+    from enclave.trust.keys import PublicKey, passphrase_for, read_passphrase
+
+    ca_passphrase = passphrase_for(Path(args.ca) / CA_KEY)
+    key_passphrase = None if args.no_passphrase else read_passphrase(f"passphrase for {args.out}.key: ", True)
+    identity = issue(
+        Path(args.ca), args.name, args.role, Path(args.out), days=args.days,
+        approver_key=PublicKey.load(Path(args.approver_key)) if args.approver_key else None,
+        hosts=args.host, key_passphrase=key_passphrase, ca_passphrase=ca_passphrase,
+    )  # fmt: skip
+    doc = identity.to_dict() | {"certificate": f"{args.out}.pem", "key": f"{args.out}.key"}
+    return (
+        f"{args.role} certificate for {args.name}: {args.out}.pem, key {args.out}.key (0600); serial "
+        f"{identity.serial_hex}, {identity.fingerprint}, expires {doc['not_after']}",
+        doc,
+    )
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> Result:
+    from enclave.identity.ca import CA, CA_KEY, revoke
+    from enclave.identity.users import remove_api_key
+    from enclave.trust.keys import passphrase_for
+
+    ca_passphrase = passphrase_for(Path(args.ca) / CA_KEY)
+    if args.api_key:
+        if not args.users:
+            raise UsageError("--api-key needs --users FILE")
+        ca = CA.load(Path(args.ca), ca_passphrase)
+        assert ca.key is not None
+        users = remove_api_key(Path(args.users), ca.key, args.api_key)
+        doc = {"users": args.users, "removed": args.api_key, "version": users.version}
+        return f"API key of {args.api_key} removed from {args.users} (version {users.version})", doc
+    serial, crl = revoke(
+        Path(args.ca), serial=args.serial, cert=Path(args.cert) if args.cert else None, reason=args.reason,
+        ca_passphrase=ca_passphrase, crl_days=args.crl_days,
+    )  # fmt: skip
+    what = f"certificate {serial:x} revoked; " if serial else ""
+    doc = {"serial": f"{serial:x}" if serial else None, "crl": str(crl)}
+    return f"{what}CRL re-signed: {crl} (gateways reload it within a second)", doc
+
+
+def cmd_ca_api_key(args: argparse.Namespace) -> Result:
+    import os
+
+    from enclave.identity.ca import CA, CA_KEY
+    from enclave.identity.users import add_api_key
+    from enclave.trust.keys import PublicKey, passphrase_for
+
+    ca = CA.load(Path(args.ca), passphrase_for(Path(args.ca) / CA_KEY))
+    assert ca.key is not None
+    approver = PublicKey.load(Path(args.approver_key)) if args.approver_key else None
+    out = Path(args.out)
+    if out.exists():
+        raise UsageError(f"{out}: already exists; refusing to overwrite")
+    key = add_api_key(Path(args.users), ca.key, args.name, args.role, approver)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    doc = {"users": args.users, "name": args.name, "roles": args.role, "key_file": str(out)}
+    return f"API key for {args.name} written to {out} (0600, shown nowhere else); {args.users} re-signed", doc
 
 
 # -- the learned guard ------------------------------------------------------------------------
@@ -537,10 +647,37 @@ def cmd_policy_test(args: argparse.Namespace) -> Result:
 
 
 def cmd_approve(args: argparse.Namespace) -> Result:
-    from enclave.runtime.gateway import approve
+    from enclave.runtime.gateway import approve, fetch_held
+    from enclave.runtime.gateway.review import confirm, describe_held
 
-    answer = approve(args.request_id, Path(args.key), args.gateway, "deny" if args.deny else "approve")
+    decision = "deny" if args.deny else "approve"
+    held = fetch_held(args.request_id, args.gateway)  # shown before anything is signed
+    if not args.json:
+        print(describe_held(held), file=sys.stderr)
+    if sys.stdin.isatty() and not args.yes and not confirm(f"{decision} request {args.request_id}? [y/N] "):
+        raise UsageError(f"request {args.request_id}: not confirmed; nothing signed")
+    answer = approve(args.request_id, Path(args.key), args.gateway, decision, held["request_hash"])
     return f"request {args.request_id}: {answer.get('status', 'sent')}", answer
+
+
+def cmd_held_show(args: argparse.Namespace) -> Result:
+    from enclave.runtime.gateway import fetch_held
+    from enclave.runtime.gateway.review import describe_held
+
+    held = fetch_held(args.request_id, args.gateway)
+    return describe_held(held), held
+
+
+def cmd_requester_token(args: argparse.Namespace) -> Result:
+    from enclave.fileio import read_regular
+    from enclave.runtime.gateway import requester_headers
+    from enclave.runtime.gateway.inspect import request_hash
+
+    body = sys.stdin.buffer.read() if args.body == "-" else read_regular(args.body, "request body")
+    (key,) = _load_keys([args.key])
+    ((header, token),) = requester_headers(key, args.method, args.path, body).items()
+    digest = request_hash(args.method, args.path, body)
+    return f"{header}: {token}", {"header": header, "token": token, "requestHash": digest}
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> Result:
@@ -572,7 +709,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> Result:
 def cmd_audit_export(args: argparse.Namespace) -> Result:
     from enclave.runtime.audit import export
 
-    out = export(Path(args.log), Path(args.out), Path(args.trust))
+    out = export(Path(args.log), Path(args.out), Path(args.trust), user=args.user)
     return f"forensic package written to {out}", {"out": str(out)}
 
 
@@ -595,10 +732,8 @@ def cmd_agent_run(args: argparse.Namespace) -> Result:
             accept_unproven_tail=args.accept_unproven_tail,
         )
         error = report.error()
-        if error is not None:
-            if not args.json:  # every finding, then the one-line error main() prints
-                print(report.text(), file=sys.stderr)
-            raise error
+        if error is not None:  # every finding, then the one error line (--json: its details)
+            raise with_report(error, report.text(), report.to_dict(), args.json)
         return report.text(), report.to_dict()
     run(
         Path(args.bundle_dir),
@@ -672,6 +807,7 @@ def cmd_provision(args: argparse.Namespace) -> Result:
             on_verified=on_verified,
             deploy_key=Path(args.audit_key) if args.audit_key else None,
             deploy_passphrase=passphrase,
+            attestations=[Path(a) for a in args.attestations],
         ),
         say=None if args.json else (lambda line: print(line, file=sys.stderr)),
     )
@@ -692,10 +828,8 @@ def cmd_preflight(args: argparse.Namespace) -> Result:
         size,
     )
     error = preflight_failure(reports)
-    if error is not None:
-        if not args.json:  # the whole table, then the one-line error main() prints
-            print(table(reports), file=sys.stderr)
-        raise error
+    if error is not None:  # the whole table, then the one error line (--json: its details)
+        raise with_report(error, table(reports), preflight_report(reports, keys), args.json)
     return table(reports), preflight_report(reports, keys)
 
 
@@ -795,12 +929,60 @@ def cmd_images_build(args: argparse.Namespace) -> Result:
     return "\n".join(lines), {"images": [b.to_dict() for b in built]}
 
 
+# -- kits: enclave and its dependencies for an offline installation (enclave/kit) ---------------
+def _kit_doc(verified: Any) -> dict[str, Any]:
+    s = verified.statement
+    return {"kit": str(verified.path), "name": s.name, "version": s.version, "python": s.python,
+            "platforms": list(s.platforms), "extras": list(s.extras), "files": len(s.files),
+            "bytes": verified.bytes, "signers": list(verified.signers)}  # fmt: skip
+
+
+def cmd_kit_build(args: argparse.Namespace) -> Result:
+    from enclave.kit.build import build_kit
+
+    say = None if args.json else (lambda line: print(line, file=sys.stderr))
+    extras = [e for value in args.extras for e in value.split(",") if e]
+    kit = build_kit(Path(args.out), _load_keys(args.key), args.python, args.platform, extras, say)
+    doc = {"kit": str(kit.path), "version": kit.version, "python": kit.python, "extras": list(kit.extras),
+           "wheels": list(kit.wheels), "statementSha256": kit.statement_sha256,
+           "verifierSha384": kit.verifier_sha384}  # fmt: skip
+    lines = [
+        f"{kit.path}: enclave {kit.version} for Python {kit.python}, {len(kit.wheels)} wheels, "
+        f"extras: {', '.join(kit.extras) or 'none'}",
+        f"  verify-kit.py sha384 {kit.verifier_sha384}: send it with root.json (docs/OPERATIONS.md 15)",
+    ]
+    return "\n".join(lines), doc
+
+
+def cmd_kit_verify(args: argparse.Namespace) -> Result:
+    from enclave.kit.install import verify_kit
+    from enclave.trust.root import TrustRoot
+
+    verified = verify_kit(Path(args.kit), TrustRoot.load(Path(args.trust)), _now(args))
+    doc = _kit_doc(verified)
+    return f"{args.kit}: enclave {doc['version']} kit verified: {doc['files']} files, bundle role met", doc
+
+
+def cmd_kit_install(args: argparse.Namespace) -> Result:
+    from enclave.kit.install import install_kit, kit_in_bundle, verify_kit
+    from enclave.trust.root import TrustRoot
+
+    root, now = TrustRoot.load(Path(args.trust)), _now(args)
+    bundle = Path(args.bundle_dir) if args.bundle_dir else None
+    kit = kit_in_bundle(bundle, root, now, args.component) if bundle else Path(args.kit)
+    verified = verify_kit(kit, root, now)
+    line = install_kit(verified, Path(args.python) if args.python else None)
+    text = f"{kit}: enclave {verified.statement.version} kit verified and installed: {line}"
+    return text, _kit_doc(verified)
+
+
 # -- content store ----------------------------------------------------------------------------
 def _store(args: argparse.Namespace) -> Any:
     from enclave.bundle.store import ContentStore
     from enclave.trust.state import StateDir
 
-    return ContentStore.under(StateDir.open(Path(args.state_dir) if args.state_dir else None).path)
+    # Read (and gc) an existing state directory only: a mistyped --state-dir is an error (2).
+    return ContentStore.under(StateDir.existing(Path(args.state_dir) if args.state_dir else None).path)
 
 
 def cmd_store_ls(args: argparse.Namespace) -> Result:
@@ -848,11 +1030,10 @@ def cmd_store_gc(args: argparse.Namespace) -> Result:
 
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    from enclave.clihelp import Parser, global_options
 
-    parser = argparse.ArgumentParser(prog="enclave", description=__doc__, parents=[common])
+    common = global_options(top=False)  # --json/--debug after the command, not resetting them
+    parser = Parser(prog="enclave", description=__doc__, parents=[global_options(top=True)])
     parser.add_argument("--version", action="version", version=f"enclave {__version__}")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -865,20 +1046,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = top.add_parser("keys", help="signing keys").add_subparsers(dest="action", required=True)
     p = sub(keys, "generate", cmd_keys_generate, "generate a PKCS#8 private key and PATH.pub")
-    p.add_argument("--algorithm", required=True, choices=["ecdsa-p384", "ml-dsa-87"])
-    p.add_argument("--out", required=True, metavar="PATH")
+    p.add_argument(
+        "--algorithm", required=True, choices=["ecdsa-p384", "ml-dsa-87"], help="classical or post-quantum"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="PATH", help="the private key (a new file); PATH.pub beside"
+    )
     p.add_argument("--no-passphrase", action="store_true", help="write the private key unencrypted")
 
     trust = top.add_parser("trust", help="the trust root (root.json)").add_subparsers(
         dest="action", required=True
     )
     p = sub(trust, "init", cmd_trust_init, "create and sign a new trust root")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, metavar="PATH", help="the new root.json (never overwritten)")
     for role in ("root", "bundle", "approver", "audit"):
-        p.add_argument(f"--{role}-key", action="append", default=[], metavar="PUB")
-    p.add_argument("--threshold", action="append", default=[], metavar="ROLE=N")
-    p.add_argument("--expires", type=int, default=365, metavar="DAYS")
-    p.add_argument("--sign", action="append", required=True, metavar="KEY")
+        p.add_argument(
+            f"--{role}-key", action="append", default=[], metavar="PUB", help=f"a key of the {role} role"
+        )
+    p.add_argument(
+        "--threshold", action="append", default=[], metavar="ROLE=N", help="signatures ROLE needs (1)"
+    )
+    p.add_argument("--expires", type=int, default=365, metavar="DAYS", help="from now (default 365)")
+    p.add_argument("--sign", action="append", required=True, metavar="KEY", help="a root key signing it")
     p.add_argument(
         "--no-hybrid", action="store_true", help="do not require classical + post-quantum for bundles"
     )
@@ -887,12 +1076,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
     p.add_argument("--at", metavar="TIME", help="check as of TIME (YYYY-MM-DDTHH:MM:SSZ)")
     p = sub(trust, "rotate", cmd_trust_rotate, "write or co-sign root version N+1 (rotation, revocation)")
-    p.add_argument("old", metavar="OLD.json")
+    p.add_argument("old", metavar="OLD.json", help="the current root, version N")
     p.add_argument("new", metavar="NEW.json", help="created from OLD when missing, else co-signed")
-    p.add_argument("--sign", action="append", required=True, metavar="KEY")
-    p.add_argument("--add-key", action="append", default=[], metavar="ROLE=PUB")
+    p.add_argument("--sign", action="append", required=True, metavar="KEY", help="a root key of OLD or NEW")
+    p.add_argument("--add-key", action="append", default=[], metavar="ROLE=PUB", help="add a key to ROLE")
     p.add_argument("--revoke", action="append", default=[], metavar="PUB|KEYID", help="drop from every role")
-    p.add_argument("--threshold", action="append", default=[], metavar="ROLE=N")
+    p.add_argument(
+        "--threshold", action="append", default=[], metavar="ROLE=N", help="change ROLE's threshold"
+    )
     p.add_argument("--expires", type=int, metavar="DAYS", help="from now (default 365)")
     p = sub(trust, "update", cmd_trust_update, "apply root rotations to the trusted root (high side)")
     p.add_argument("roots", nargs="*", metavar="NEW.json", help="roots N+1, N+2, ... in any order")
@@ -903,34 +1094,43 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     p = sub(bundle, "build", cmd_bundle_build, "build and sign a bundle from a manifest")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--key", action="append", required=True, metavar="KEY")
-    p.add_argument("--digest", choices=["sha256", "sha384", "sha512"])
-    p.add_argument("--volume-size", metavar="SIZE")
+    p.add_argument("manifest", help="the bundle manifest (YAML)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where NAME-VERSION.bundle is written")
+    p.add_argument(
+        "--key", action="append", required=True, metavar="KEY", help="a bundle-role key signing it"
+    )
+    p.add_argument("--digest", choices=["sha256", "sha384", "sha512"], help="default: the manifest's")
+    p.add_argument("--volume-size", metavar="SIZE", help="write media volumes of SIZE (4GiB, 4.7GB) + index")
+    p.add_argument("--trust", metavar="ROOT", help="warn when the signatures will not meet this root's rule")
     p.add_argument("--base", metavar="OLD", help="differential: leave out what this older bundle carries")
     p.add_argument("--base-statement", metavar="FILE", help="differential, from the base's BUNDLE.dsse.json")
     p = sub(bundle, "split", cmd_bundle_split, "split a co-signed bundle into media volumes + signed index")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="the co-signed single-file bundle")
     p.add_argument("--volume-size", required=True, metavar="SIZE", help="e.g. 4GiB, 4.7GB")
+    p.add_argument("--trust", metavar="ROOT", help="warn when the signatures will not meet this root's rule")
     p.add_argument(
         "--key", action="append", required=True, metavar="KEY", help="signs the index (bundle role)"
     )
     p = sub(bundle, "verify-volume", cmd_bundle_verify_volume, "the courier's check of one volume")
-    p.add_argument("volume")
-    p.add_argument("--trust", required=True, metavar="ROOT")
+    p.add_argument("volume", help="one volume, NAME-VERSION.bundle.NNN")
+    p.add_argument("--trust", required=True, metavar="ROOT", help="the trust root the index must meet")
     p.add_argument(
         "--index", metavar="PATH", help="default: NAME-VERSION.volumes.dsse.json beside the volume"
     )
-    p.add_argument("--at", metavar="TIME")
+    p.add_argument("--at", metavar="TIME", help="check the root as of TIME (YYYY-MM-DDTHH:MM:SSZ)")
     p = sub(bundle, "sign", cmd_bundle_sign, "check a bundle's content and add a co-signature")
-    p.add_argument("bundle")
-    p.add_argument("--key", required=True, metavar="KEY")
+    p.add_argument("bundle", help="the single-file bundle (before it is split)")
+    p.add_argument("--key", required=True, metavar="KEY", help="the co-signer's bundle-role key")
+    p.add_argument(
+        "--base", metavar="OLD", help="a differential bundle's base bundle (checks what it leaves out)"
+    )
+    p.add_argument("--base-statement", metavar="FILE", help="the same, from the base's BUNDLE.dsse.json")
+    p.add_argument("--trust", metavar="ROOT", help="warn when the signatures will not meet this root's rule")
     p = sub(bundle, "inspect", cmd_bundle_inspect, "show what a bundle holds (no trust decision)")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="the bundle file (or its first volume)")
     p.add_argument("--trust", metavar="ROOT", help="label signatures against this trust root")
     p = sub(bundle, "verify", cmd_bundle_verify, "verify signatures and every byte; optionally extract")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="a bundle, a volume (.NNN) or the volume index")
     p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
     p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
     p.add_argument(
@@ -942,14 +1142,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--at", metavar="TIME", help="audit re-check as of TIME (YYYY-MM-DDTHH:MM:SSZ); state untouched"
     )
     p = sub(bundle, "digest", cmd_bundle_digest, "print the bundle-format digest of a loose file")
-    p.add_argument("file")
-    p.add_argument("--digest", default="sha384", choices=["sha256", "sha384", "sha512"])
-    p.add_argument("--chunk-size", metavar="SIZE")
+    p.add_argument("file", help="a regular file")
+    p.add_argument(
+        "--digest", default="sha384", choices=["sha256", "sha384", "sha512"], help="default sha384"
+    )
+    p.add_argument("--chunk-size", metavar="SIZE", help="default: the bundle default (FORMAT.md section 2)")
     images = top.add_parser("images", help="offline image builds; load images from a bundle").add_subparsers(
         dest="action", required=True
     )
     p = sub(images, "load", cmd_images_load, "verify a bundle, then load its images into a Docker engine")
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="a bundle, a volume (.NNN) or the volume index")
     p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
     p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
     p.add_argument("--extract-to", metavar="DIR", help="keep the verified content here (a new directory)")
@@ -968,6 +1170,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub(images, "build", cmd_images_build, "build the reference images offline (cached by content)")
     p.add_argument("image", nargs="*", help="default: enclave-gateway enclave-agent enclave-model-server")
 
+    kit = top.add_parser("kit", help="enclave itself for an offline installation").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(kit, "build", cmd_kit_build, "enclave and every dependency as signed, hash-pinned wheels")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new directory")
+    p.add_argument("--key", action="append", required=True, metavar="KEY", help="a key of the bundle role")
+    p.add_argument("--python", choices=["3.11", "3.12"], help="the high side's Python (default: this one)")
+    p.add_argument("--platform", action="append", default=[], metavar="TAG", help="manylinux_2_28_x86_64...")
+    p.add_argument("--extras", action="append", default=[], metavar="LIST", help="provision,runtime,images")
+    p = sub(kit, "verify", cmd_kit_verify, "check a kit: bundle role signatures, every file's digests")
+    p.add_argument("kit", metavar="DIR", help="the kit directory")
+    p.add_argument("--trust", required=True, metavar="ROOT", help="root.json: its bundle role signs kits")
+    p = sub(kit, "install", cmd_kit_install, "verify a kit, then install it offline (pip --no-index)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle-dir", metavar="DIR", help="a verified bundle carrying the kit (wheelhouse)")
+    source.add_argument("--kit", metavar="DIR", help="a kit directory")
+    p.add_argument("--component", metavar="NAME", help="the wheelhouse component, if the bundle has several")
+    p.add_argument("--trust", required=True, metavar="ROOT", help="root.json: its bundle role signs kits")
+    p.add_argument("--python", metavar="PATH", help="install into this interpreter's environment")
+
     store = top.add_parser("store", help="the high side's content store").add_subparsers(
         dest="action", required=True
     )
@@ -979,7 +1201,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub(store, action, handler, text)
         p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
         if action == "gc":
-            p.add_argument("--keep", type=int, required=True, metavar="N")
+            p.add_argument("--keep", type=int, required=True, metavar="N", help="versions kept per bundle")
 
     testbed = top.add_parser("testbed", help="the local simulated enclave").add_subparsers(
         dest="action", required=True
@@ -991,18 +1213,20 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub(testbed, action, cmd_testbed, text)
         p.add_argument("--dir", default="testbed", help="inventory, SSH key and known_hosts go here")
-        p.add_argument("--hosts", type=int, default=2)
+        p.add_argument("--hosts", type=int, default=2, help="how many hosts (up; default 2)")
 
     gateway = top.add_parser("gateway", help="the safety gateway").add_subparsers(
         dest="action", required=True
     )
     p = sub(gateway, "serve", cmd_gateway_serve, "serve the policy gateway in front of a model server")
-    p.add_argument("--policy", required=True, metavar="FILE")
-    p.add_argument("--upstream", required=True, metavar="URL")
-    p.add_argument("--audit-log", required=True, metavar="PATH")
-    p.add_argument("--audit-key", required=True, metavar="KEY")
+    p.add_argument("--policy", required=True, metavar="FILE", help="the usage policy (YAML)")
+    p.add_argument("--upstream", required=True, metavar="URL", help="the model server (OpenAI-compatible)")
+    p.add_argument("--audit-log", required=True, metavar="PATH", help="the hash-chained audit log")
+    p.add_argument(
+        "--audit-key", required=True, metavar="KEY", help="signs the log's checkpoints (audit role)"
+    )
     p.add_argument("--trust", metavar="ROOT", help="approver and audit keys come from this root")
-    p.add_argument("--listen", default="127.0.0.1:8088", metavar="ADDR:PORT")
+    p.add_argument("--listen", default="127.0.0.1:8088", metavar="ADDR:PORT", help="default 127.0.0.1:8088")
     p.add_argument("--model-digest", metavar="ALG:HEX", help="the signed digest of the served weights")
     p.add_argument("--guard", metavar="DIR", help="the learned guard behind the rules (a verified copy)")
     p.add_argument(
@@ -1016,6 +1240,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an audit log whose last records no checkpoint covers (after a crash), "
         "recording the acceptance",
     )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (ca issue --host)")
+    p.add_argument("--tls-key", metavar="KEY", help="its key (ENCLAVE_KEY_PASSPHRASE if encrypted)")
+    p.add_argument("--client-ca", metavar="PEM", help="mutual TLS: every caller needs an identity of this CA")
+    p.add_argument("--crl", metavar="PEM", help="the CA's revocation list, reloaded when it changes")
+    p.add_argument("--users", metavar="FILE", help="API keys (hashes, CA-signed) for clients without mTLS")
+    p.add_argument("--tls12", action="store_true", help="also accept TLS 1.2 (ECDHE, AES-256-GCM-SHA384)")
+    p.add_argument("--rate-limit", type=float, metavar="PER_SECOND", help="requests a second per user")
+    p.add_argument("--rate-burst", type=int, metavar="N", help="bursts of up to N (default: the rate)")
+    p.add_argument("--held-dir", metavar="DIR", help="journal of pending held requests (default LOG.held)")
+
+    ca = top.add_parser("ca", help="the enclave CA: certificates, CRL, API keys").add_subparsers(
+        dest="action", required=True
+    )
+    p = sub(ca, "init", cmd_ca_init, "create an offline CA (P-384): key, certificate, empty CRL")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory")
+    p.add_argument("--name", default="enclave CA", help="the CA's common name")
+    p.add_argument("--days", type=int, default=3650, metavar="N", help="validity (default 3650)")
+    p.add_argument("--no-passphrase", action="store_true", help="write the CA key unencrypted")
+    p = sub(ca, "issue", cmd_ca_issue, "issue a client (or, with --host, server) certificate and key")
+    p.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (enclave ca init)")
+    p.add_argument("--name", required=True, help="the user's (or host's) name: the certificate's CN")
+    p.add_argument(
+        "--role", required=True, choices=["user", "approver", "auditor", "service"], help="what it may do"
+    )
+    p.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.pem and PREFIX.key")
+    p.add_argument("--days", type=int, default=365, metavar="N", help="validity (default 365)")
+    p.add_argument("--approver-key", metavar="PUB", help="approvers: the public key they sign with")
+    p.add_argument("--host", action="append", default=[], metavar="NAME|IP", help="server certificate for")
+    p.add_argument("--no-passphrase", action="store_true", help="write the new key unencrypted")
+    p = sub(ca, "revoke", cmd_ca_revoke, "revoke a certificate or API key; re-sign the CRL")
+    p.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (enclave ca init)")
+    p.add_argument("--cert", metavar="PEM", help="the certificate to revoke")
+    p.add_argument("--serial", metavar="HEX", help="or its serial")
+    p.add_argument("--reason", default="unspecified", help="unspecified, key-compromise, superseded, ...")
+    p.add_argument("--crl-days", type=int, default=30, metavar="N", help="the CRL's next update (default 30)")
+    p.add_argument("--api-key", metavar="NAME", help="remove this user's API key from --users instead")
+    p.add_argument("--users", metavar="FILE", help="the users file (with --api-key)")
+    p = sub(ca, "api-key", cmd_ca_api_key, "give a user an API key (stored as a hash in --users)")
+    p.add_argument("--ca", required=True, metavar="DIR", help="the CA directory (enclave ca init)")
+    p.add_argument("--users", required=True, metavar="FILE", help="created if absent; re-signed by the CA")
+    p.add_argument("--name", required=True, help="the user's name")
+    p.add_argument(
+        "--role",
+        action="append",
+        required=True,
+        choices=["user", "approver", "auditor", "service"],
+        help="what the key may do",
+    )
+    p.add_argument("--approver-key", metavar="PUB", help="approvers: the public key they sign with")
+    p.add_argument("--out", required=True, metavar="FILE", help="the key is written here (0600), once")
 
     guard = top.add_parser("guard", help="the learned guard behind the policy rules").add_subparsers(
         dest="action", required=True
@@ -1042,17 +1316,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guard", metavar="DIR", help="the learned guard (default: rules only)")
 
     p = sub(top, "approve", cmd_approve, "sign an approval (or denial) of a held request")
-    p.add_argument("request_id")
-    p.add_argument("--key", required=True, metavar="KEY")
-    p.add_argument("--gateway", required=True, metavar="URL")
+    p.add_argument("request_id", help="the held request's id (HTTP 202 answer)")
+    p.add_argument("--key", required=True, metavar="KEY", help="your approver key (approver role)")
+    p.add_argument("--gateway", required=True, metavar="URL", help="the gateway, e.g. http://127.0.0.1:8088")
     p.add_argument("--deny", action="store_true", help="sign a denial instead")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
+    held = top.add_parser("held", help="held requests awaiting approval").add_subparsers(dest="action")
+    p = sub(held, "show", cmd_held_show, "show a held request: its rule and text, before approving it")
+    p.add_argument("request_id", help="the held request's id")
+    p.add_argument("--gateway", required=True, metavar="URL", help="the gateway, e.g. http://127.0.0.1:8088")
+    p = sub(top, "requester-token", cmd_requester_token, "print the requester token header for a request")
+    p.add_argument("--key", required=True, metavar="KEY", help="the requester's own approver-role key")
+    p.add_argument("--method", default="POST", help="the HTTP method (default POST)")
+    p.add_argument("--path", required=True, help="the request path, e.g. /v1/chat/completions")
+    p.add_argument("--body", required=True, metavar="FILE", help="the exact request body ('-': stdin)")
 
     audit = top.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
         dest="action", required=True
     )
     p = sub(audit, "verify", cmd_audit_verify, "verify records, hash chain and signed checkpoints")
-    p.add_argument("log")
-    p.add_argument("--trust", required=True, metavar="ROOT")
+    p.add_argument("log", help="the audit log")
+    p.add_argument("--trust", required=True, metavar="ROOT", help="the root whose audit role signs")
     p.add_argument(
         "--witness", action="append", default=[], metavar="FILE", help="checkpoints kept elsewhere"
     )
@@ -1067,9 +1351,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="check against FILE too (if it exists), then append the last verified checkpoint to it",
     )
     p = sub(audit, "export", cmd_audit_export, "write a forensic package")
-    p.add_argument("log")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--trust", required=True, metavar="ROOT")
+    p.add_argument("log", help="the audit log")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new directory for the package")
+    p.add_argument("--trust", required=True, metavar="ROOT", help="the root whose audit role signs")
+    p.add_argument("--user", metavar="NAME", help="only the records of this user's requests (with proofs)")
 
     receipts = top.add_parser("receipts", help="verification receipts").add_subparsers(
         dest="action", required=True
@@ -1092,7 +1377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", required=True, metavar="ROOT", help="the trust root in use")
     p.add_argument("--audit-log", required=True, metavar="PATH", help="the agent's own audit log")
     p.add_argument("--audit-key", required=True, metavar="KEY", help="a key of the root's audit role")
-    p.add_argument("--interval", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--interval", type=float, default=600.0, metavar="SECONDS", help="between checks (600)")
     p.add_argument("--listen", default="127.0.0.1:9108", metavar="ADDR:PORT", help="/metrics and /healthz")
     p.add_argument("--gateway", metavar="URL", help="the safety gateway the canaries go through")
     p.add_argument("--canaries", metavar="FILE", help="canary prompts (needs --gateway)")
@@ -1110,8 +1395,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="every check once; exit code of the first failure")
     p = sub(agent, "baseline", cmd_agent_baseline, "record allowed canaries' answers as their baselines")
-    p.add_argument("--canaries", required=True, metavar="FILE")
-    p.add_argument("--gateway", required=True, metavar="URL")
+    p.add_argument("--canaries", required=True, metavar="FILE", help="canary prompts (YAML)")
+    p.add_argument("--gateway", required=True, metavar="URL", help="the safety gateway to ask")
     p.add_argument("--out", required=True, metavar="FILE", help="a new file")
 
     for name, handler, text in (
@@ -1126,7 +1411,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "preflight":
             p.add_argument("--payload-size", metavar="SIZE", help="free disk needed on each host (8GiB)")
             continue
-        p.add_argument("--bundle", required=True, metavar="BUNDLE")
+        p.add_argument("--bundle", required=True, metavar="BUNDLE", help="a bundle, volume or volume index")
         p.add_argument("--trust", metavar="ROOT", help="default: the root stored in the state directory")
         p.add_argument("--state-dir", metavar="DIR", help="default: $ENCLAVE_STATE_DIR or /var/lib/enclave")
         p.add_argument("--receipt", metavar="PATH", help="also write the receipt here (a new file)")
@@ -1138,36 +1423,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--check", action="store_true", help="audit: report open findings, change nothing")
         p.add_argument("--report", metavar="PATH", help="write the run report (JSON) here")
         p.add_argument("--checklist-dir", metavar="DIR", help="write one CKLB checklist per host here")
+        p.add_argument(
+            "--attestations", action="append", default=[], metavar="DIR", help="merge valid attestations"
+        )
 
     p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")
     p.add_argument("--down", action="store_true", help="remove what the demo made")
-    return parser
+    from enclave.clihelp import add_commands, finish
+    from enclave.evidence.commands import add_commands as add_evidence_commands
+
+    add_evidence_commands(top, sub)  # evidence build|verify, attest
+    add_commands(top, sub, parser)
+    return finish(parser)  # repeatable flags, group listings, exit codes (enclave.clihelp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        text, doc = args.handler(args)
-    except EnclaveError as exc:
-        print(f"enclave: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("enclave: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug: one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        print(
-            f"enclave: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
-            file=sys.stderr,
-        )
-        return 1
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    elif text:
-        print(text)
-    return 0
+    from enclave.cliout import run
+
+    return run(build_parser().parse_args, argv)  # errors -> exit codes, output, --json (cliout)
 
 
 if __name__ == "__main__":
