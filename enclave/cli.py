@@ -488,6 +488,7 @@ def cmd_gateway_serve(args: argparse.Namespace) -> Result:
         model_digest=args.model_digest,
         guard=Path(args.guard) if args.guard else None,
         guard_digest=args.guard_digest,
+        buffer_streams=args.buffer_streams,
         accept_unproven_tail=args.accept_unproven_tail,
         access=access,
         held_dir=path(args.held_dir),
@@ -1233,6 +1234,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--guard-digest",
         metavar="ALG:HEX",
         help="the signed digest of the guard's guard.json (pins the guard)",
+    )
+    p.add_argument(
+        "--buffer-streams",
+        action="store_true",
+        help="with --guard: read a streamed answer whole and judge it before releasing any of it",
     )
     p.add_argument(
         "--accept-unproven-tail",

@@ -218,3 +218,30 @@ def test_guard_holds_need_approvers_even_when_no_rule_holds(tmp_path: Path) -> N
     with pytest.raises(PolicyError, match="need 2 approvers besides the requester"):
         prepare(policy, "http://127.0.0.1:9", tmp_path / "b.log", trust.audit_path, trust.root,
                 "127.0.0.1:0", guard=GUARD)  # fmt: skip
+
+
+def test_a_buffered_stream_is_judged_before_any_byte_is_released(tmp_path: Path, trust: Trust) -> None:
+    """--buffer-streams: a streamed answer carrying targeting never reaches the client; a fine
+    one arrives whole, as the same server-sent events."""
+    answer = (
+        "Hit the northern house first at 0300 from the east: grid 38S MB 41 22;"
+        " two Hellfires, then re-attack the vehicles."
+    )
+
+    async def scenario(text: str | None) -> tuple[int, str]:
+        async with (
+            upstream_stub(answer=text) as upstream,
+            running_gateway(
+                trust, tmp_path / "audit.log", upstream.url, guard=GUARD, buffer_streams=True
+            ) as gw,
+            aiohttp.ClientSession() as session,
+            session.post(gw.url + CHAT, data=chat(ORDINARY, stream=True)) as response,
+        ):
+            return response.status, await response.text()
+
+    status, body = run(scenario(answer))
+    assert status == 400 and "answer_withheld" in body and "Hellfire" not in body
+    status, body = run(scenario(None))
+    assert status == 200 and body.count("data: ") == 3 and body.rstrip().endswith("data: [DONE]")
+    withheld = [r for r in records(tmp_path / "audit.log") if r["event"] == "answer"]
+    assert len(withheld) == 1 and withheld[0]["rule"].startswith("guard.answer.")

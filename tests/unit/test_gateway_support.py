@@ -112,7 +112,8 @@ async def upstream_stub(answer: str | None = None) -> AsyncIterator[Upstream]:
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            for word in ("stub", " answer"):
+            words = ("stub", " answer") if answer is None else [f" {w}" for w in answer.split()]
+            for word in words:
                 chunk = {"choices": [{"index": 0, "delta": {"content": word}}]}
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")

@@ -77,6 +77,9 @@ class GatewayConfig:
     max_body: int = MAX_BODY
     sweep_seconds: float = 1.0
     guard: Guard | None = None  # the learned layer behind the rules (None: rules only)
+    # With a guard: read a streamed answer whole and judge it before any byte is released
+    # (docs/GATEWAY.md 11.4); without, streams are forwarded as they arrive.
+    buffer_streams: bool = False
     identity: Authenticator | None = None  # mTLS / API keys (None: anonymous, requester tokens)
     rate_limit: RateLimiter | None = None  # per-user token buckets (identity mode only)
     journal: HeldJournal | None = None  # held requests kept across restarts (None: memory only)
@@ -296,7 +299,7 @@ class Gateway:
             return _error(503, f"audit log unavailable: {exc}", "audit_unavailable", "server_error")
         self.metrics.requests.labels(path, "allow").inc()
         try:
-            if is_stream(doc):
+            if is_stream(doc) and not (self.guard is not None and self.config.buffer_streams):
                 return await self._stream(request, request_id, path, digest, body, started)
             status, content_type, payload = await self._forward(request.method, path, body, request.headers)
         except _UpstreamError as exc:

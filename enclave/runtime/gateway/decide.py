@@ -137,6 +137,8 @@ def _describe(exc: BaseException) -> str:
 def answer_texts(content_type: str, payload: bytes) -> list[str]:
     """The text of a non-streamed completion: every choice's message content, text and tool-call
     arguments. A body that is not JSON is judged whole, as text."""
+    if content_type.startswith("text/event-stream"):
+        return [_streamed_text(payload)]
     if not content_type.startswith("application/json"):
         return [payload.decode("utf-8", errors="replace")]
     try:
@@ -159,6 +161,35 @@ def answer_texts(content_type: str, payload: bytes) -> list[str]:
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 texts.append(function["arguments"])
     return texts
+
+
+def _streamed_text(payload: bytes) -> str:
+    """A buffered server-sent-events answer put back together: every chunk's delta content and
+    tool-call arguments, in order. A line that is not a JSON chunk counts as text too."""
+    parts: list[str] = []
+    for line in payload.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            parts.append(data)
+            continue
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("content"), str):
+                parts.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    parts.append(function["arguments"])
+    return "".join(parts)
 
 
 def judge_answer(guard: Guard, content_type: str, payload: bytes) -> Decision:
