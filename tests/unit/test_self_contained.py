@@ -38,6 +38,7 @@ def test_no_tracked_file_refers_outside_the_repository() -> None:
 
 def test_the_pattern_catches_what_it_is_for() -> None:
     assert OUTSIDE.search('SCHEMA = REPO.parent / "shared" / "standards" / "x.json"')
-    assert OUTSIDE.search("see ../shared/standards/x.json")
-    assert OUTSIDE.search("exit codes from DESIGN.md")
+    # Built from pieces, so this file does not itself name what it forbids.
+    assert OUTSIDE.search("see " + "../" + "shared/standards/x.json")
+    assert OUTSIDE.search("exit codes from " + "DESIGN" + ".md")
     assert OUTSIDE.search("kept in shared/standards/")
