@@ -3,6 +3,7 @@
 Usage: python3 bench/bench_gateway.py [--concurrency 64] [--requests 20000] [--rate 1000]
                                       [--seconds 5] [--litellm PATH | --no-litellm] [--json]
                                       [--guard DIR [--guard-concurrency 8,64] [--guard-requests 10000]]
+                                      [--mtls [--mtls-concurrency 64] [--handshakes 4000]]
 
 Three processes on 127.0.0.1: a fixed-answer OpenAI-shaped upstream stub, the gateway (the
 real `serve()`, default policy, every decision record fsync'd before forwarding), and this
@@ -29,6 +30,18 @@ ratios compare throughputs, latencies and the two gateways' overheads. A micro s
 separate idle process before the load starts (`--micro-calls` calls each, capped at 20 s). Both
 audit logs must verify and hold one decision record per request sent to that gateway.
 
+`--mtls` (default off: without it the bench and its rows are as before) makes a fresh CA, a
+server certificate for 127.0.0.1 and client certificates in the scratch directory with
+enclave.identity, starts a third gateway, the same one with mutual TLS (TLS 1.3, the client's
+certificate checked against the CA and its CRL on every request, docs/GATEWAY.md 12), on its own
+audit log, and adds an mTLS section run on the same load for three targets: direct (plain HTTP
+to the stub), gateway plain HTTP, gateway mTLS, at `--mtls-concurrency` clients (default 64):
+keep-alive connections, a saturation phase (`--requests`, capped at 60 s) and a paced phase
+(`--rate`, or half the mTLS gateway's saturation rate if lower), overheads = target percentile -
+direct percentile, ratios mTLS vs plain; then new connections: each request on a connection of
+its own (`--handshakes` requests per target, capped at HANDSHAKE_SECONDS): plain HTTP
+connections/s beside full TLS handshakes/s (no session resumption). Its log must verify too.
+
 For comparison, LiteLLM's proxy goes through the same phases in front of the same stub when
 it is installed (in its own virtualenv, so that it never touches this project's packages):
 
@@ -45,11 +58,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -67,6 +82,8 @@ from enclave.runtime.audit import checkpoints_path, verify_log
 from tests.unit.test_gateway_support import DEFAULT_POLICY, make_trust
 
 MAX_PHASE_SECONDS = 60.0
+HANDSHAKE_SECONDS = 20.0  # cap of each new-connection phase of the mTLS section
+MTLS_TARGET_P50_MS = 1.0  # issue 20: mTLS adds at most 1 ms p50 to the gateway's overhead
 WARM_UP = 500
 LITELLM_VENV = Path("/var/tmp/litellm-venv/bin/litellm")
 LITELLM_START_SECONDS = 120.0
@@ -155,10 +172,15 @@ def free_port() -> int:
 
 
 async def wait_ready(
-    url: str, proc: subprocess.Popen[bytes], seconds: float = 30, headers: dict[str, str] | None = None
+    url: str,
+    proc: subprocess.Popen[bytes],
+    seconds: float = 30,
+    headers: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     deadline = time.monotonic() + seconds
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"{url}: process exited with {proc.returncode}")
@@ -182,6 +204,23 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def client_session(
+    concurrency: int, ssl_context: ssl.SSLContext | None = None, new_connections: bool = False
+) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=concurrency,
+        force_close=new_connections,
+        ssl=ssl_context if ssl_context is not None else True,
+    )
+    return aiohttp.ClientSession(connector=connector)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def drive(
     url: str,
     concurrency: int,
@@ -190,18 +229,29 @@ async def drive(
     seconds: float,
     extra_headers: dict[str, str] | None = None,
     bodies: Sequence[bytes] = (BODY,),
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    new_connections: bool = False,
+    cap: float = MAX_PHASE_SECONDS,
+    session: aiohttp.ClientSession | None = None,
 ) -> dict[str, Any]:
-    """`concurrency` clients; closed loop when `rate` is None, else paced to `rate` req/s overall.
-    Each request sends the next of `bodies` in turn; with more than one, `by_body` has each one's
-    latencies."""
+    """`concurrency` clients; closed loop when `rate` is None (for at most `cap` s), else paced to
+    `rate` req/s overall. Each request sends the next of `bodies` in turn; with more than one,
+    `by_body` has each one's latencies. `new_connections`: each request on a connection of its
+    own (a TCP connect, and with `ssl_context` a full TLS handshake), else keep-alive; `session`
+    (a `client_session`): the keep-alive connections a warm-up left open, so that no handshake
+    is timed."""
     latencies: list[float] = []
     by_body: list[list[float]] = [[] for _ in bodies]
     errors = 0
     issued = 0
-    deadline = time.monotonic() + (seconds if rate else MAX_PHASE_SECONDS)
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    deadline = time.monotonic() + (seconds if rate else cap)
     headers = {"Content-Type": "application/json", **(extra_headers or {})}
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if session is None:
+            session = await stack.enter_async_context(
+                client_session(concurrency, ssl_context, new_connections)
+            )
 
         async def client(index: int) -> None:
             nonlocal issued, errors
@@ -239,8 +289,12 @@ async def drive(
     return result
 
 
-async def audit_metrics(url: str) -> dict[str, float]:
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as response:
+async def audit_metrics(url: str, ssl_context: ssl.SSLContext | None = None) -> dict[str, float]:
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(url + "/metrics") as response,
+    ):
         text = await response.text()
     values: dict[str, float] = {}
     for line in text.splitlines():
@@ -488,6 +542,20 @@ def main() -> None:
     parser.add_argument(
         "--micro-calls", type=int, default=2000, help="calls per prompt timing Guard.judge alone"
     )
+    parser.add_argument(
+        "--mtls",
+        action="store_true",
+        help="also run a gateway with mutual TLS, and the mTLS section (default: off)",
+    )
+    parser.add_argument(
+        "--mtls-concurrency", type=int, default=64, help="clients of the mTLS section (default 64)"
+    )
+    parser.add_argument(
+        "--handshakes",
+        type=int,
+        default=4000,
+        help=f"requests per target on new connections (capped at {HANDSHAKE_SECONDS:.0f} s)",
+    )
     parser.add_argument("--json", action="store_true")
 
     parser.add_argument("--stub", type=int, help=argparse.SUPPRESS)  # internal: run the upstream stub
@@ -515,16 +583,31 @@ GATEWAY_CODE = (
     "a = sys.argv; serve(Path(a[1]), a[2], Path(a[3]), Path(a[4]), Path(a[5]), a[6], "
     "guard=Path(a[7]) if len(a) > 7 else None)"
 )
+# The same, with mutual TLS: server certificate and key, client CA, CRL (docs/GATEWAY.md 12).
+MTLS_GATEWAY_CODE = (
+    "import sys; from pathlib import Path; from enclave.runtime.gateway import serve; "
+    "from enclave.runtime.gateway.server import Access; "
+    "a = sys.argv; serve(Path(a[1]), a[2], Path(a[3]), Path(a[4]), Path(a[5]), a[6], "
+    "access=Access(tls_cert=Path(a[7]), tls_key=Path(a[8]), client_ca=Path(a[9]), crl=Path(a[10])))"
+)
 
 
 def start_gateway_process(
-    upstream: str, log: Path, trust: Any, port: int, guard: Path | None = None
+    upstream: str,
+    log: Path,
+    trust: Any,
+    port: int,
+    guard: Path | None = None,
+    pki: Pki | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The real `serve()` with the default policy (and the learned guard in `guard`, if given)."""
+    """The real `serve()` with the default policy (and the learned guard in `guard`, or mutual
+    TLS with `pki`'s certificates, if given)."""
+    code, extra = GATEWAY_CODE, [str(guard.resolve())] if guard else []
+    if pki is not None:
+        code, extra = MTLS_GATEWAY_CODE, [str(path) for path in pki.server_args()]
     return subprocess.Popen(
-        [sys.executable, "-c", GATEWAY_CODE, str(DEFAULT_POLICY), upstream, str(log),
-         str(trust.audit_path), str(trust.root), f"127.0.0.1:{port}",
-         *([str(guard.resolve())] if guard else [])],
+        [sys.executable, "-c", code, str(DEFAULT_POLICY), upstream, str(log),
+         str(trust.audit_path), str(trust.root), f"127.0.0.1:{port}", *extra],
         cwd=Path(__file__).resolve().parents[1],
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -542,6 +625,87 @@ async def check_prompts(url: str) -> None:
                     raise SystemExit(
                         f"guard section prompt {text[:40]!r}... got HTTP {response.status}: {answer[:300]}"
                     )
+
+
+class Pki:
+    """A fresh enclave CA (unencrypted keys, in the scratch directory) with a server certificate
+    for 127.0.0.1, a `user` client certificate for the load and a `service` one for /metrics."""
+
+    def __init__(self, directory: Path) -> None:
+        from enclave.identity.ca import init_ca, issue
+        from enclave.identity.tls import client_context
+
+        self.ca = directory / "ca"
+        init_ca(self.ca, "bench CA")
+        issue(self.ca, "gateway", "service", directory / "gateway", hosts=["127.0.0.1"], days=1)
+        issue(self.ca, "bench", "user", directory / "bench", days=1)
+        issue(self.ca, "monitor", "service", directory / "monitor", days=1)
+        self.dir = directory
+        ca_pem = self.ca / "ca.pem"
+        self.client = client_context(ca_pem, directory / "bench.pem", directory / "bench.key")
+        self.monitor = client_context(ca_pem, directory / "monitor.pem", directory / "monitor.key")
+
+    def server_args(self) -> tuple[Path, Path, Path, Path]:
+        return (self.dir / "gateway.pem", self.dir / "gateway.key", self.ca / "ca.pem", self.ca / "crl.pem")
+
+
+async def tls_session(port: int, context: ssl.SSLContext) -> dict[str, str]:
+    """What one handshake with the mTLS gateway negotiates."""
+    _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, ssl=context), 10)
+    tls = writer.get_extra_info("ssl_object")
+    found = {"version": str(tls.version()), "cipher": str(tls.cipher()[0])}
+    writer.close()
+    with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
+        await asyncio.wait_for(writer.wait_closed(), 5)
+    return found
+
+
+async def measured_cpu(pid: int, load: Any) -> dict[str, Any]:
+    """`await load`, with the CPU ms per request it cost the server (`pid`) and this process."""
+    server, own = cpu_seconds(pid), time.process_time()
+    result: dict[str, Any] = await load
+    count = max(1, result["requests"])
+    result["server_cpu_ms"] = 1000 * (cpu_seconds(pid) - server) / count
+    result["client_cpu_ms"] = 1000 * (time.process_time() - own) / count
+    return result
+
+
+async def mtls_section(
+    args: argparse.Namespace,
+    targets: list[tuple[str, str, ssl.SSLContext | None, int]],
+    sent: dict[str, int],
+) -> dict[str, Any]:
+    """Direct, gateway plain HTTP and gateway mTLS on the same load: keep-alive at saturation and
+    paced (each measured on the connections its warm-up opened), then each request on a new
+    connection (TCP connects against TLS handshakes). `targets`: name, URL, client TLS context,
+    the PID of the server process (whose CPU time per request is recorded)."""
+    clients = args.mtls_concurrency
+    entry: dict[str, Any] = {"clients": clients, "saturation": {}, "paced": {}, "new_connections": {}}
+    for phase in ("saturation", "paced"):
+        rate = None
+        if phase == "paced":
+            # The same offered load for the three: --rate, or half what the mTLS gateway carried.
+            rate = min(args.rate, max(1.0, round(entry["saturation"]["mtls"]["rps"] / 2)))
+            entry["rate"] = rate
+        for name, base, context, pid in targets:
+            url = base + "/v1/chat/completions"
+            async with client_session(clients, context) as session:
+                warm = await drive(url, clients, WARM_UP, None, 5, session=session)
+                measured = await measured_cpu(
+                    pid, drive(url, clients, args.requests, rate, args.seconds, session=session)
+                )
+            if name in sent:
+                sent[name] += warm["requests"] + measured["requests"]
+            entry[phase][name] = measured
+    for name, base, context, pid in targets:
+        measured = await measured_cpu(pid, drive(
+            base + "/v1/chat/completions", clients, args.handshakes, None, 0,
+            ssl_context=context, new_connections=True, cap=HANDSHAKE_SECONDS,
+        ))  # fmt: skip
+        if name in sent:
+            sent[name] += measured["requests"]
+        entry["new_connections"][name] = measured
+    return entry
 
 
 async def guard_section(
@@ -575,6 +739,8 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
     trust = make_trust(scratch / "trust")
     log = (args.audit_dir or scratch) / f"bench-audit-{os.getpid()}.log"
     guard_log = (args.audit_dir or scratch) / f"bench-audit-guard-{os.getpid()}.log"
+    mtls_log = (args.audit_dir or scratch) / f"bench-audit-mtls-{os.getpid()}.log"
+    pki = Pki(scratch / "pki") if args.mtls else None
     results: dict[str, Any] = {"cpus": os.cpu_count(), "concurrency": args.concurrency}
     if args.guard:
         # Before any load, in an idle child process: the guard alone, and its verdicts.
@@ -587,14 +753,16 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
             "clients": args.guard_concurrency,
             "micro": measured_alone,
         }
-    stub_port, gateway_port, guard_port = free_port(), free_port(), free_port()
+    stub_port, gateway_port, guard_port, mtls_port = free_port(), free_port(), free_port(), free_port()
     stub = subprocess.Popen([sys.executable, __file__, "--stub", str(stub_port)])
     direct = f"http://127.0.0.1:{stub_port}"
     gateway = start_gateway_process(direct, log, trust, gateway_port)
     guarded = start_gateway_process(direct, guard_log, trust, guard_port, args.guard) if args.guard else None
     through = f"http://127.0.0.1:{gateway_port}"
     guard_url = f"http://127.0.0.1:{guard_port}"
-    sent = {"gateway": 0, "guard": 0}  # requests each gateway received: its decision records
+    mtls = start_gateway_process(direct, mtls_log, trust, mtls_port, pki=pki) if pki else None
+    mtls_url = f"https://127.0.0.1:{mtls_port}"
+    sent = {"gateway": 0, "guard": 0, "mtls": 0}  # requests each gateway received: its decisions
     litellm: LiteLLM | None = None
     if litellm_path is None:
         results["litellm"] = {
@@ -621,6 +789,14 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
             await wait_ready(guard_url, guarded)
             await check_prompts(guard_url)
             sent["guard"] += 1 + len(GUARD_BODIES)
+        if mtls is not None:
+            assert pki is not None
+            await wait_ready(mtls_url, mtls, ssl_context=pki.client)
+            sent["mtls"] += 1
+            results["mtls"] = {
+                "clients": args.mtls_concurrency,
+                "tls": await tls_session(mtls_port, pki.client),
+            }
         if litellm is not None:
             assert litellm.proc is not None
             try:
@@ -656,9 +832,18 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
             trio = [("direct", direct), ("gateway", through), ("guard", guard_url)]
             results["guard"]["runs"] = await guard_section(args, trio, sent)
             results["guard"]["audit"] = await audit_metrics(guard_url)
+        if mtls is not None:
+            assert pki is not None
+            trio_tls = [
+                ("direct", direct, None, stub.pid),
+                ("gateway", through, None, gateway.pid),
+                ("mtls", mtls_url, pki.client, mtls.pid),
+            ]
+            results["mtls"]["runs"] = await mtls_section(args, trio_tls, sent)
+            results["mtls"]["audit"] = await audit_metrics(mtls_url, pki.monitor)
         results["audit"] = await audit_metrics(through)
     finally:
-        for proc in (gateway, guarded):
+        for proc in (gateway, guarded, mtls):
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=30)
@@ -666,7 +851,11 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
             litellm.stop()
         stub.kill()
         stub.wait()
-    logs = [("gateway", log), *([("guard", guard_log)] if guarded is not None else [])]
+    logs = [
+        ("gateway", log),
+        *([("guard", guard_log)] if guarded is not None else []),
+        *([("mtls", mtls_log)] if mtls is not None else []),
+    ]
     reports = {}
     try:
         for name, path in logs:
@@ -687,11 +876,13 @@ async def run(args: argparse.Namespace, scratch: Path, litellm_path: Path | None
         if name == "gateway":
             results["durable"] = durable
         else:
-            results["guard"]["durable"] = durable
+            results[name]["durable"] = durable
     if not args.json:
         print_table(results)
         if guarded is not None:
             print_guard(results["guard"])
+        if mtls is not None:
+            print_mtls(results["mtls"])
     for name, report in reports.items():
         allowed = report.decisions.get("allow", 0)
         if allowed != sent[name] or not report.ok:
@@ -855,6 +1046,88 @@ def print_guard(g: dict[str, Any]) -> None:
             f"targets at {TARGET_CLIENTS} clients with the guard (p50 <= {TARGET_P50_MS:.0f} ms, "
             f"p99 <= {TARGET_P99_MS:.0f} ms): " + "; ".join(verdicts)
         )
+
+
+def print_cpu(*rows: dict[str, Any]) -> None:
+    for key, label in (
+        ("server_cpu_ms", "  server CPU ms/request"),
+        ("client_cpu_ms", "  load gen CPU ms/request"),
+    ):
+        values = "".join(f"{v[key]:>9.3f}" for v in rows)
+        print(f"{label:30}{values}{_ratio(rows[-1][key], rows[-2][key]):>12}")
+
+
+def print_mtls(t: dict[str, Any]) -> None:
+    run = t["runs"]
+    tls = t["tls"]
+    print()
+    print(
+        f"mutual TLS ({tls['version']}, {tls['cipher']}, P-384 certificates from a fresh enclave CA, "
+        f"client certificate and CRL checked per request), {run['clients']} clients, same stub"
+    )
+    head = f"{'':30}{'direct':>9}{'plain':>9}{'mtls':>9}{'mtls/plain':>12}"
+    verdicts = []
+    for phase in ("saturation", "paced"):
+        d, p, m = (run[phase][n] for n in ("direct", "gateway", "mtls"))
+        offered = f" (offered {run['rate']:.0f} req/s)" if phase == "paced" else ""
+        print(f"keep-alive, {phase}{offered}")
+        print(head)
+        print(
+            f"{'  requests/s':30}{d['rps']:>9.0f}{p['rps']:>9.0f}{m['rps']:>9.0f}"
+            f"{_ratio(m['rps'], p['rps']):>12}"
+        )
+        for key in ("p50_ms", "p99_ms"):
+            name = key.replace("_ms", "")
+            values = "".join(f"{v[key]:>9.2f}" for v in (d, p, m))
+            print(f"{'  ' + name + ' latency ms':30}{values}{_ratio(m[key], p[key]):>12}")
+        print_cpu(d, p, m)
+        for key in ("p50_ms", "p99_ms"):
+            name = key.replace("_ms", "")
+            over_p, over_m = p[key] - d[key], m[key] - d[key]
+            print(
+                f"{'  ' + name + ' overhead ms':30}{'':>9}{over_p:>+9.2f}{over_m:>+9.2f}"
+                f"{_ratio(over_m, over_p):>12}   mTLS adds {over_m - over_p:+.2f} ms"
+            )
+        errors = {n: run[phase][n]["errors"] for n in ("direct", "gateway", "mtls")}
+        if any(errors.values()):
+            print(f"  non-200 answers: {errors}")
+        added = (m["p50_ms"] - d["p50_ms"]) - (p["p50_ms"] - d["p50_ms"])
+        met = "met" if added <= MTLS_TARGET_P50_MS else "MISSED"
+        verdicts.append(f"{phase}: {added:+.2f} ms ({met})")
+    d, p, m = (run["new_connections"][n] for n in ("direct", "gateway", "mtls"))
+    print(f"new connection per request ({d['requests']}/{p['requests']}/{m['requests']} requests)")
+    print(head)
+    print(
+        f"{'  connections/s (TLS: handshakes)':30}{d['rps']:>9.0f}{p['rps']:>9.0f}{m['rps']:>9.0f}"
+        f"{_ratio(m['rps'], p['rps']):>12}"
+    )
+    for key in ("p50_ms", "p99_ms"):
+        name = key.replace("_ms", "")
+        values = "".join(f"{v[key]:>9.2f}" for v in (d, p, m))
+        print(f"{'  ' + name + ' latency ms':30}{values}{_ratio(m[key], p[key]):>12}")
+    print_cpu(d, p, m)
+    errors = {n: run["new_connections"][n]["errors"] for n in ("direct", "gateway", "mtls")}
+    if any(errors.values()):
+        print(f"  non-200 answers: {errors}")
+    audit = t["audit"]
+    commits = audit.get("enclave_audit_commit_records_count", 0)
+    if commits:
+        per_commit = audit["enclave_audit_commit_records_sum"] / commits
+        sync_ms = 1000 * audit["enclave_audit_commit_duration_seconds_sum"] / commits
+        slow = commits - audit.get("enclave_audit_commit_duration_seconds_bucket_le_10ms", commits)
+        print(
+            f"mtls gateway audit: {commits:.0f} group commits, {per_commit:.1f} records each, "
+            f"{sync_ms:.2f} ms each, {slow:.0f} over 10 ms"
+        )
+    durable = t["durable"]
+    print(
+        f"mtls gateway durable: {durable['decision_records']} decision records for "
+        f"{durable['gateway_requests']} requests; log verifies: {durable['log_verifies']}"
+    )
+    print(
+        f"target at {run['clients']} clients, mTLS adds at most {MTLS_TARGET_P50_MS:.0f} ms p50 to the "
+        "gateway's overhead (keep-alive): " + "; ".join(verdicts)
+    )
 
 
 if __name__ == "__main__":
