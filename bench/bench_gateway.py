@@ -925,22 +925,8 @@ def print_table(r: dict[str, Any]) -> None:
         errors |= {"litellm": sum(lite[p]["errors"] for p in ("saturation", "paced"))}
     if any(errors.values()):
         print(f"non-200 answers: {errors}")
-    audit = r["audit"]
-    commits = audit.get("enclave_audit_commit_records_count", 0)
-    if commits:
-        per = audit["enclave_audit_commit_records_sum"] / commits
-        sync_ms = 1000 * audit["enclave_audit_commit_duration_seconds_sum"] / commits
-        slow = commits - audit.get("enclave_audit_commit_duration_seconds_bucket_le_10ms", commits)
-        print(
-            f"audit: {commits:.0f} group commits, {per:.1f} records each, {sync_ms:.2f} ms each, "
-            f"{slow:.0f} over 10 ms"
-        )
     print(f"audit log in {r['audit_dir']}")
-    durable = r["durable"]
-    print(
-        f"durable: {durable['decision_records']} decision records for {durable['gateway_requests']} gateway "
-        f"requests; log verifies: {durable['log_verifies']}"
-    )
+    print_audit(r)
     if lite:
         print(
             f"litellm {lite['version']}: {lite['workers']} worker(s), no database, no callbacks; it keeps no "
@@ -961,6 +947,25 @@ def print_table(r: dict[str, Any]) -> None:
 
 TARGET_CLIENTS = 8  # the guard's targets: overhead at 8 clients
 TARGET_P50_MS, TARGET_P99_MS = 40.0, 120.0
+
+
+def print_audit(section: dict[str, Any], label: str = "") -> None:
+    """The group commits of one gateway's audit log, and whether every request was durable."""
+    audit = section["audit"]
+    commits = audit.get("enclave_audit_commit_records_count", 0)
+    if commits:
+        per = audit["enclave_audit_commit_records_sum"] / commits
+        sync_ms = 1000 * audit["enclave_audit_commit_duration_seconds_sum"] / commits
+        slow = commits - audit.get("enclave_audit_commit_duration_seconds_bucket_le_10ms", commits)
+        print(
+            f"{label}audit: {commits:.0f} group commits, {per:.1f} records each, {sync_ms:.2f} ms each, "
+            f"{slow:.0f} over 10 ms"
+        )
+    durable = section["durable"]
+    print(
+        f"{label}durable: {durable['decision_records']} decision records for "
+        f"{durable['gateway_requests']} gateway requests; log verifies: {durable['log_verifies']}"
+    )
 
 
 def _ratio(a: float, b: float) -> str:
@@ -1026,21 +1031,7 @@ def print_guard(g: dict[str, Any]) -> None:
         )
     a = m["answer"]
     print(f"  the stub's answer checked (judge_answer): {a['p50_ms']:.3f}/{a['p99_ms']:.3f}")
-    audit = g["audit"]
-    commits = audit.get("enclave_audit_commit_records_count", 0)
-    if commits:
-        per_commit = audit["enclave_audit_commit_records_sum"] / commits
-        sync_ms = 1000 * audit["enclave_audit_commit_duration_seconds_sum"] / commits
-        slow = commits - audit.get("enclave_audit_commit_duration_seconds_bucket_le_10ms", commits)
-        print(
-            f"guard gateway audit: {commits:.0f} group commits, {per_commit:.1f} records each, "
-            f"{sync_ms:.2f} ms each, {slow:.0f} over 10 ms"
-        )
-    durable = g["durable"]
-    print(
-        f"guard gateway durable: {durable['decision_records']} decision records for "
-        f"{durable['gateway_requests']} requests; log verifies: {durable['log_verifies']}"
-    )
+    print_audit(g, "guard gateway ")
     if verdicts:
         print(
             f"targets at {TARGET_CLIENTS} clients with the guard (p50 <= {TARGET_P50_MS:.0f} ms, "
@@ -1109,21 +1100,7 @@ def print_mtls(t: dict[str, Any]) -> None:
     errors = {n: run["new_connections"][n]["errors"] for n in ("direct", "gateway", "mtls")}
     if any(errors.values()):
         print(f"  non-200 answers: {errors}")
-    audit = t["audit"]
-    commits = audit.get("enclave_audit_commit_records_count", 0)
-    if commits:
-        per_commit = audit["enclave_audit_commit_records_sum"] / commits
-        sync_ms = 1000 * audit["enclave_audit_commit_duration_seconds_sum"] / commits
-        slow = commits - audit.get("enclave_audit_commit_duration_seconds_bucket_le_10ms", commits)
-        print(
-            f"mtls gateway audit: {commits:.0f} group commits, {per_commit:.1f} records each, "
-            f"{sync_ms:.2f} ms each, {slow:.0f} over 10 ms"
-        )
-    durable = t["durable"]
-    print(
-        f"mtls gateway durable: {durable['decision_records']} decision records for "
-        f"{durable['gateway_requests']} requests; log verifies: {durable['log_verifies']}"
-    )
+    print_audit(t, "mtls gateway ")
     print(
         f"target at {run['clients']} clients, mTLS adds at most {MTLS_TARGET_P50_MS:.0f} ms p50 to the "
         "gateway's overhead (keep-alive): " + "; ".join(verdicts)
