@@ -12,7 +12,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from enclave.errors import EnclaveError, IntegrityError, UsageError
@@ -92,3 +95,21 @@ def require_regular(path: Path | str, what: str = "file") -> None:
         raise os_error(exc, path, f"cannot read {what}") from None
     if not stat.S_ISREG(mode):
         raise UsageError(f"{path}: {kind_of(mode)}, not a regular file: a {what} must be a regular file")
+
+
+@contextmanager
+def published_directory(out: Path) -> Iterator[Path]:
+    """A staging directory beside `out` to fill; when the block ends without an error it
+    becomes `out` by one rename (an empty `out` is replaced), on any error it is removed. So a
+    reader never sees half a package and a failed run leaves nothing behind."""
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import socket
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ from enclave.errors import MALFORMED_DOCUMENT, IntegrityError, UsageError
 from enclave.evidence import attest, facts, page, poam
 from enclave.evidence.facts import UNREADABLE
 from enclave.evidence.package import MANIFEST, digest_file, sign_manifest, write_tar
-from enclave.fileio import read_regular
+from enclave.fileio import published_directory, read_regular
 from enclave.strictjson import strict_json
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot, format_time
@@ -135,18 +134,8 @@ def build(
     if tar.exists():
         raise UsageError(f"{tar}: already exists; an evidence package is never overwritten")
     state = _state_dir(sources.state_dir)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    with published_directory(out) as staging:
         built = _build(out, staging, sources, state, key, root, trust, now, speak)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     write_tar(out, tar, int(now.timestamp()))
     if built.problems:
         more = f" (and {len(built.problems) - 1} more)" if len(built.problems) > 1 else ""

@@ -16,8 +16,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from enclave.errors import UsageError
+from enclave.fileio import published_directory
 from enclave.guard import features
 from enclave.guard.corpus import Corpus, Example
 from enclave.guard.model import (
@@ -263,10 +262,7 @@ def write_guard(
     card (its evaluation), which is pinned with the rest."""
     if out.exists():
         raise UsageError(f"{out}: already exists; choose a new directory")
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with published_directory(out) as staging:
         blobs: dict[str, bytes] = {
             VOCABULARY: _json({"terms": fitted.terms, "idf": fitted.idf}),
             WEIGHTS: _npy(fitted.weights.astype(np.float32)),
@@ -299,10 +295,6 @@ def write_guard(
         blobs[CARD] = _json(card)
         _assemble(staging, manifest, blobs)
         load_guard(staging)  # the pins and the self-test hold before anything is published
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return load_guard(out)
 
 

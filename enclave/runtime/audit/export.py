@@ -13,14 +13,13 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from enclave.errors import UsageError
+from enclave.fileio import published_directory
 from enclave.runtime.audit.verify import Analysis, LogVerificationError, check_log, checkpoints_path
 from enclave.trust.root import TrustRoot
 
@@ -54,11 +53,7 @@ def export(
         raise UsageError(f"{out}: exists and is not an empty directory")
     analysis = check_log(log, trust)
     root_bytes = trust.read_bytes()
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        staging.mkdir(parents=True)
+    with published_directory(out) as staging:
         selected = None if user is None else user_records(analysis.entries, user)
         if since is not None or until is not None:
             in_window = window_records(analysis.entries, since, until)
@@ -74,12 +69,6 @@ def export(
             user,
             (since, until),
         )
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report = analysis.report
     if not report.ok:
         raise LogVerificationError(
