@@ -165,10 +165,11 @@ class Guard:
         )
         return tuple((term, round(float(c), 4)) for term, c in contributions[:EVIDENCE_TERMS] if c > 0)
 
-    def self_test(self) -> None:
-        """Every prompt of the signed self-test must get exactly its recorded decision."""
+    def self_test(self, cases: bytes) -> None:
+        """Every prompt of the signed self-test (the bytes checked against their pin, not a
+        second read of the file) must get exactly its recorded decision."""
         path = Path(self.source) / SELFTEST
-        for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        for number, line in enumerate(cases.decode("utf-8").splitlines(), 1):
             case = json.loads(line)
             verdict = self.judge([case["text"]])
             if (
@@ -224,7 +225,7 @@ def load_guard(directory: Path, expected_digest: str | None = None) -> Guard:
     ):
         raise PolicyError(f"{directory}: guard data shapes do not agree or weights are not finite")
     guard = Guard(manifest, terms, idf, weights, digest, str(directory))
-    guard.self_test()
+    guard.self_test(blobs[SELFTEST])
     return guard
 
 
