@@ -128,12 +128,13 @@ def test_kill_9_under_load_loses_no_answered_record(tmp_path: Path) -> None:
             assert proc.returncode == -signal.SIGKILL
 
             report = verify_log(log, trust.root)
-            recorded = {r["id"] for r in records(log) if r.get("event") == "decision"}
+            crashed = records(log, torn_tail=True)
+            recorded = {r["id"] for r in crashed if r.get("event") == "decision"}
             missing = [i for i in answered if i not in recorded]
             assert len(answered) > 50, "the load did not run long enough to mean anything"
             assert not missing, f"{len(missing)} answered requests have no record"
             assert report.records >= len(answered)
-            allowed = [r for r in records(log) if r.get("decision") == "allow"]
+            allowed = [r for r in crashed if r.get("decision") == "allow"]
             assert len(allowed) > 20, "allowed requests must be part of the load"
 
             # A restart continues the same log (cutting any torn line) and it still verifies; the

@@ -173,8 +173,13 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def records(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_bytes().splitlines() if line.strip()]
+def records(log: Path, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The log's records. `torn_tail`: a kill -9 may cut the last write short; as the verifier
+    and the restarting writer do, the bytes after the last newline are not a record."""
+    data = log.read_bytes()
+    if torn_tail:
+        data = data[: data.rfind(b"\n") + 1]
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def decisions(log: Path) -> list[dict[str, Any]]:
