@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
 from enclave.provision import Options, provision
 from enclave.testbed import ENGINE_SCRIPT, down, up
@@ -75,8 +76,7 @@ def enclave_run(testbed: Path, bundle: Path, root: TrustRoot) -> tuple[float, fl
         Options(
             inventory=testbed / "inventory.yml",
             bundle=bundle,
-            trust=root,
-            now=datetime.now(UTC),
+            admission=Admission(trust=root),
             show_progress=False,
         )
     )

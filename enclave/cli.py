@@ -25,7 +25,7 @@ Handler = Callable[[argparse.Namespace], Result]
 def _now(args: argparse.Namespace) -> datetime:
     at = getattr(args, "at", None)
     if at:
-        from enclave.trust.root import parse_time
+        from enclave.canonical import parse_time
 
         try:
             return parse_time(at)
@@ -206,15 +206,16 @@ def cmd_trust_rotate(args: argparse.Namespace) -> Result:
 
 def cmd_trust_update(args: argparse.Namespace) -> Result:
     from enclave.trust.root import TrustRoot
-    from enclave.trust.rotation import apply_chain, resolve, skipped_roots
+    from enclave.trust.rotation import apply_chain, skipped_roots
     from enclave.trust.state import StateDir
+    from enclave.trust.trusted import TrustedRoot
 
     state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
     given = TrustRoot.load(Path(args.trust)) if args.trust else None
     offered = [TrustRoot.load(Path(p)) for p in args.roots]
     with state.locked():
         stored = state.read_root()
-        start = resolve(stored, given).root
+        start = TrustedRoot.resolve(stored, given).root
         final = apply_chain(start, offered)
         skipped = skipped_roots(start, offered)  # said, never silently passed over
         if offered and final is start and all(r.digest != start.digest for r in offered):
@@ -245,9 +246,9 @@ def _load_keys(paths: Sequence[str]) -> list[Any]:
 
 
 def cmd_bundle_build(args: argparse.Namespace) -> Result:
-    from enclave.bundle.build import build_bundle
     from enclave.bundle.forecast import for_build, forecast
     from enclave.bundle.manifest import parse_size
+    from enclave.images.collect import build_bundle
 
     if args.base and args.base_statement:
         raise UsageError("give --base or --base-statement, not both")
@@ -287,12 +288,11 @@ def cmd_bundle_split(args: argparse.Namespace) -> Result:
 
 def cmd_bundle_verify_volume(args: argparse.Namespace) -> Result:
     from enclave.bundle.volumes import check_volume, index_path, load_index
-    from enclave.trust.root import TrustRoot
+    from enclave.trust.trusted import TrustedRoot
 
-    root = TrustRoot.load(Path(args.trust))
-    root.check(_now(args))
+    trusted = TrustedRoot.load(Path(args.trust), _now(args))
     volume = Path(args.volume)
-    index = load_index(Path(args.index) if args.index else index_path(volume), root)
+    index = load_index(Path(args.index) if args.index else index_path(volume), trusted)
     entry = check_volume(volume, index, show_progress=True)
     position = index.volumes.index(entry) + 1
     text = f"{volume}: volume {position} of {len(index.volumes)} of {index.bundle}: size and digest match"
@@ -354,79 +354,64 @@ def cmd_bundle_inspect(args: argparse.Namespace) -> Result:
     return "\n".join(lines), doc
 
 
-def _receipt_setup(args: argparse.Namespace, passphrase: bytes | None = None) -> tuple[Any, Any, Any, Any]:
-    """Before anything is checked: the state directory, its receipt log, the optional receipt
-    file and audit signer, so that every verification (a failed one too) leaves a receipt."""
+def _admission(args: argparse.Namespace, passphrase: bytes | None = None) -> Any:
+    """The Admission a verifying command runs (`bundle verify`, `images load`, `provision`):
+    the state directory, the given root, the audit signer, the time (`--at`: a re-check)."""
+    from enclave.admission import Admission
     from enclave.trust.keys import SigningKey
-    from enclave.trust.receipts import ReceiptFile, ReceiptLog
     from enclave.trust.state import StateDir
 
+    at = getattr(args, "at", None)
     state = StateDir.open(Path(args.state_dir) if args.state_dir else None)
-    log = ReceiptLog(state)
-    log.check()  # its end intact, room for one more receipt
-    signer = SigningKey.load(Path(args.audit_key), passphrase) if args.audit_key else None
-    # Reserved last, written before the log line: a --receipt that cannot be written fails
-    # here (2), before anything changes, never after the rollback record moved.
-    receipt = ReceiptFile(Path(args.receipt)) if args.receipt else None
-    return state, log, receipt, signer
+    return Admission(
+        state,
+        Path(args.trust) if args.trust else None,
+        _now(args),
+        SigningKey.load(Path(args.audit_key), passphrase) if args.audit_key else None,
+        recheck=at is not None,
+        show_progress=not args.json,
+    )
 
 
-def cmd_bundle_verify(args: argparse.Namespace) -> Result:
-    from enclave.bundle.verify import verify_bundle
-    from enclave.bundle.volumes import resolve as resolve_volumes
-    from enclave.trust.receipts import Evidence, record
-    from enclave.trust.root import TrustRoot
-    from enclave.trust.rotation import resolve
-
-    # --at: an auditor's re-check of evidence as of a past time, under the stored root (a key it
-    # revoked stays revoked). It never publishes, records or extracts: nothing past the freeze.
-    audit = args.at is not None
-    if audit and (args.extract_to or args.receipt):
-        raise UsageError("--at re-checks evidence only: it cannot be combined with --extract-to or --receipt")
-    now = _now(args)
-    state, log, receipt, signer = _receipt_setup(args)
-    evidence = Evidence([args.bundle], now, "audit" if audit else "admission")
-    try:
-        given = TrustRoot.load(Path(args.trust)) if args.trust else None
-        anchor = resolve(state.read_root(), given).root
-        paths, index = resolve_volumes(Path(args.bundle), anchor)  # a volume or index names them all
-        evidence.files = [str(p) for p in paths]
-        if signer is not None and signer.keyid not in anchor.roles["audit"].keyids:
-            signer = None  # its signature would not count: the receipt of this refusal is unsigned
-            raise UsageError(f"{args.audit_key}: not a key of the audit role of trust root v{anchor.version}")
-        result = verify_bundle(
-            paths,
-            given,
-            now,
-            extract_to=Path(args.extract_to) if args.extract_to else None,
-            state=state,
-            evidence=evidence,
-            audit=audit,
-            index=index,
-        )
-    except BaseException as exc:  # an interrupt too (exit 130): every run past set-up leaves a receipt
-        record(log, evidence, exc, signer, receipt)
-        raise
-    line = record(log, evidence, None, signer, receipt)
-    statement = result.statement
+def _admitted(admitted: Any) -> Result:
+    """What `bundle verify` prints and its JSON document (`images load` adds its images)."""
+    statement = admitted.statement
+    receipt = admitted.receipt or {}
+    roles_of = admitted.root.roles_of
     doc = {
-        "bundle": result.bundle,
+        "bundle": admitted.bundle,
         "name": statement.name,
         "version": statement.version,
         "result": "verified",
-        "mode": evidence.mode,
-        "statementDigest": {"sha256": result.statement_digest},
-        "signers": evidence.signers,
-        "trustRoot": {"version": result.root.version, "digest": result.root.digest},
-        "checks": result.checks,
-        "extractedTo": str(result.extracted_to) if result.extracted_to else None,
-        "receipt": {"log": str(log.path), "path": args.receipt, "signed": signer is not None, **line},
+        "mode": admitted.mode,
+        "statementDigest": {"sha256": admitted.statement_digest},
+        "signers": [
+            {"keyid": k.keyid, "scheme": k.scheme, "roles": roles_of(k.keyid)} for k in admitted.signers
+        ],
+        "trustRoot": {"version": admitted.root.version, "digest": admitted.root.digest},
+        "checks": admitted.checks,
+        "extractedTo": str(admitted.extracted_to) if admitted.extracted_to else None,
+        "receipt": {
+            "log": str(admitted.receipt_log),
+            "path": str(admitted.receipt_file) if admitted.receipt_file else None,
+            "signed": admitted.receipt_signed,
+            **receipt,
+        },
     }
-    lines = [f"{result.bundle}: {statement.name} {statement.version} verified"] + [
-        f"  ok  {c}" for c in result.checks
-    ]
-    lines.append(f"  receipt {line['seq']} in {log.path}" + (f", {receipt}" if receipt else ""))
+    lines = [f"{admitted.bundle}: {statement.name} {statement.version} verified"]
+    lines += [f"  ok  {c}" for c in admitted.checks]
+    copy = f", {admitted.receipt_file}" if admitted.receipt_file else ""
+    lines.append(f"  receipt {receipt.get('seq')} in {admitted.receipt_log}{copy}")
     return "\n".join(lines), doc
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> Result:
+    admitted = _admission(args).verify(
+        Path(args.bundle),
+        extract_to=Path(args.extract_to) if args.extract_to else None,
+        receipt=Path(args.receipt) if args.receipt else None,
+    )
+    return _admitted(admitted)
 
 
 def cmd_receipts_verify(args: argparse.Namespace) -> Result:
@@ -572,8 +557,8 @@ def cmd_ca_api_key(args: argparse.Namespace) -> Result:
 
 # -- the learned guard ------------------------------------------------------------------------
 def cmd_guard_train(args: argparse.Namespace) -> Result:
-    from enclave.guard.build import build_guard, format_evaluation
-    from enclave.guard.train import Settings
+    from enclave.guardtools.build import build_guard, format_evaluation
+    from enclave.guardtools.train import Settings
     from enclave.runtime.gateway.policy import load_policy
 
     settings = Settings(seed=args.seed) if args.seed is not None else Settings()
@@ -599,10 +584,10 @@ def cmd_guard_train(args: argparse.Namespace) -> Result:
 
 
 def cmd_guard_eval(args: argparse.Namespace) -> Result:
-    from enclave.guard.build import format_evaluation
-    from enclave.guard.corpus import load_corpus
-    from enclave.guard.evaluate import evaluate
     from enclave.guard.model import load_guard
+    from enclave.guardtools.build import format_evaluation
+    from enclave.guardtools.corpus import load_corpus
+    from enclave.guardtools.evaluate import evaluate
     from enclave.runtime.gateway.policy import load_policy
 
     guard = None if args.rules_only else load_guard(Path(args.guard))
@@ -715,11 +700,29 @@ def cmd_audit_export(args: argparse.Namespace) -> Result:
 
 
 # -- runtime: monitoring agent ----------------------------------------------------------------
+def _agent_tls(args: argparse.Namespace) -> Any:
+    """The agent's mutual TLS files (AgentTLS), or None without --tls-ca."""
+    from enclave.runtime.agent import AgentTLS
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    given = [f for f in ("tls_cert", "tls_key", "crl") if getattr(args, f, None)]
+    if args.tls_ca is None:
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --tls-ca (the enclave CA)")
+        return None
+    return AgentTLS(
+        Path(args.tls_ca), path(args.tls_cert), path(args.tls_key), path(getattr(args, "crl", None))
+    )
+
+
 def cmd_agent_run(args: argparse.Namespace) -> Result:
     from enclave.runtime.agent import check_once, run
 
     hardening = [Path(p) for p in args.hardening_file] or None
     canaries = Path(args.canaries) if args.canaries else None
+    tls = _agent_tls(args)
     if args.once:
         report = check_once(
             Path(args.bundle_dir),
@@ -731,6 +734,7 @@ def cmd_agent_run(args: argparse.Namespace) -> Result:
             hardening_files=hardening,
             rebaseline=args.rebaseline_hardening,
             accept_unproven_tail=args.accept_unproven_tail,
+            tls=tls,
         )
         error = report.error()
         if error is not None:  # every finding, then the one error line (--json: its details)
@@ -749,6 +753,7 @@ def cmd_agent_run(args: argparse.Namespace) -> Result:
         hardening_files=hardening,
         rebaseline=args.rebaseline_hardening,
         accept_unproven_tail=args.accept_unproven_tail,
+        tls=tls,
     )
     return "agent stopped", {"stopped": True}
 
@@ -756,47 +761,33 @@ def cmd_agent_run(args: argparse.Namespace) -> Result:
 def cmd_agent_baseline(args: argparse.Namespace) -> Result:
     import asyncio
 
+    from enclave.identity.tls import client_context
     from enclave.runtime.agent import record_baselines
 
-    count = asyncio.run(record_baselines(Path(args.canaries), args.gateway, Path(args.out)))
+    tls = _agent_tls(args)
+    context = client_context(tls.ca, tls.cert, tls.key) if tls is not None else None
+    count = asyncio.run(record_baselines(Path(args.canaries), args.gateway, Path(args.out), context))
     return f"{args.out}: {count} canary baselines recorded", {"out": args.out, "baselines": count}
 
 
 # -- provisioning -----------------------------------------------------------------------------
 def cmd_provision(args: argparse.Namespace) -> Result:
-    from enclave.bundle.volumes import resolve as resolve_volumes
     from enclave.provision import Options, provision
     from enclave.provision.report import summary
     from enclave.trust.keys import passphrase_for
-    from enclave.trust.receipts import Evidence, record
-    from enclave.trust.root import TrustRoot
-    from enclave.trust.rotation import resolve
 
-    # As `bundle verify`: the rollback state guards what gets installed, and every verification
-    # leaves a receipt, a failed one too. Then preflight, push, site.yml from the verified bundle.
-    # The audit key signs the receipts and, when the bundle carries the gateway, is the key
-    # the gateway signs its log with on the hosts: its passphrase is asked once.
+    # As `bundle verify` (one Admission: rollback state, a receipt for every verification, a
+    # failed one too); then preflight, push, site.yml from the verified bundle. The audit key
+    # signs the receipts and, when the bundle carries the gateway, is the key the gateway signs
+    # its log with on the hosts: its passphrase is asked once.
     passphrase = passphrase_for(Path(args.audit_key)) if args.audit_key and not args.check else None
-    state, log, receipt, signer = _receipt_setup(args, passphrase)
-    now = datetime.now(UTC)
-    evidence = Evidence([args.bundle], now, "admission")
-
-    def on_verified(result: Any) -> None:  # before any host is contacted
-        record(log, evidence, result if isinstance(result, BaseException) else None, signer, receipt)
-
-    given = TrustRoot.load(Path(args.trust)) if args.trust else None
-    anchor = resolve(state.read_root(), given).root
-    paths, _index = resolve_volumes(Path(args.bundle), anchor)
-    evidence.files = [str(p) for p in paths]
-    if signer is not None and signer.keyid not in anchor.roles["audit"].keyids:
-        raise UsageError(f"{args.audit_key}: not a key of the audit role of trust root v{anchor.version}")
+    admission = _admission(args, passphrase)
     outcome = provision(
         Options(
             inventory=Path(args.inventory),
             bundle=Path(args.bundle),
-            volumes=paths,
-            trust=given,
-            now=now,
+            admission=admission,
+            receipt=Path(args.receipt) if args.receipt else None,
             check=args.check,
             limit=args.limit,
             report=Path(args.report) if args.report else None,
@@ -804,11 +795,10 @@ def cmd_provision(args: argparse.Namespace) -> Result:
             accept_new_host_keys=args.accept_new_host_keys,
             known_hosts=Path(args.known_hosts) if args.known_hosts else None,
             show_progress=not args.json,
-            verify_options={"state": state, "evidence": evidence},
-            on_verified=on_verified,
             deploy_key=Path(args.audit_key) if args.audit_key else None,
             deploy_passphrase=passphrase,
             attestations=[Path(a) for a in args.attestations],
+            gateway_tls=Path(args.gateway_tls) if args.gateway_tls else None,
         ),
         say=None if args.json else (lambda line: print(line, file=sys.stderr)),
     )
@@ -860,7 +850,8 @@ def cmd_demo(args: argparse.Namespace) -> Result:
     if args.down:
         demo.down()
         return "demo work directory removed", {"removed": str(demo.WORK)}
-    report = demo.run(say=(lambda _line: None) if args.json else print)
+
+    report = demo.run(say=(lambda _line: None) if args.json else print)  # the library, never the CLI
     return "", {
         "steps": [{"step": t, "result": r, "seconds": round(s, 2)} for t, r, s in report.steps],
         "artefacts": report.artefacts,
@@ -869,29 +860,20 @@ def cmd_demo(args: argparse.Namespace) -> Result:
 
 # -- images -----------------------------------------------------------------------------------
 def cmd_images_load(args: argparse.Namespace) -> Result:
-    from enclave.images.engine import connect
-    from enclave.images.load import extraction_dir, load_verified, verified_statement
+    from enclave.images.load import load_bundle_images
 
-    client = connect(args.engine)  # an engine that does not answer fails before anything is read
-    try:
-        with extraction_dir(Path(args.extract_to) if args.extract_to else None) as tree:
-            # Exactly `bundle verify`, with its options (trust, state, rollback, receipt), into `tree`.
-            text, doc = cmd_bundle_verify(argparse.Namespace(**{**vars(args), "extract_to": str(tree)}))
-            statement = verified_statement(tree, doc["statementDigest"]["sha256"])
-            images = load_verified(client, tree, statement)
-    finally:
-        client.close()
-    lines = text.splitlines()
-    if not args.extract_to:  # the scratch copy is gone: do not point at it
-        doc["extractedTo"] = None
-        doc["checks"] = [c for c in doc["checks"] if not c.startswith("published ")]
-        lines = [line for line in lines if not line.startswith("  ok  published ")]
+    # Exactly `bundle verify` (one Admission: trust, state, rollback, receipt), then the images.
+    loaded = load_bundle_images(
+        _admission(args),
+        Path(args.bundle),
+        engine=args.engine,
+        extract_to=Path(args.extract_to) if args.extract_to else None,
+        receipt=Path(args.receipt) if args.receipt else None,
+    )
+    text, doc = _admitted(loaded.verified)
     doc["engine"] = args.engine or "local"
-    doc["images"] = [i.to_dict() for i in images]
-    doc["checks"] += [i.check for i in images]
-    at = next((n for n, line in enumerate(lines) if line.startswith("  receipt ")), len(lines))
-    lines[at:at] = [f"  ok  {i.check}" for i in images]
-    return "\n".join(lines), doc
+    doc["images"] = [i.to_dict() for i in loaded.images]
+    return text, doc
 
 
 def cmd_images_base(args: argparse.Namespace) -> Result:
@@ -1030,6 +1012,16 @@ def cmd_store_gc(args: argparse.Namespace) -> Result:
 
 
 # -- parser -----------------------------------------------------------------------------------
+def _agent_tls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-ca", metavar="PEM", help="the enclave CA: an https --gateway must chain to it")
+    p.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="the agent's service certificate: shown to the gateway, serves /metrics",
+    )
+    p.add_argument("--tls-key", metavar="KEY", help="its key (ENCLAVE_KEY_PASSPHRASE if encrypted)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from enclave.clihelp import Parser, global_options
 
@@ -1400,10 +1392,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recording the acceptance",
     )
     p.add_argument("--once", action="store_true", help="every check once; exit code of the first failure")
+    _agent_tls_arguments(p)
+    p.add_argument("--crl", metavar="PEM", help="with --tls-cert: the CA's CRL, for callers of /metrics")
     p = sub(agent, "baseline", cmd_agent_baseline, "record allowed canaries' answers as their baselines")
     p.add_argument("--canaries", required=True, metavar="FILE", help="canary prompts (YAML)")
     p.add_argument("--gateway", required=True, metavar="URL", help="the safety gateway to ask")
     p.add_argument("--out", required=True, metavar="FILE", help="a new file")
+    _agent_tls_arguments(p)
 
     for name, handler, text in (
         ("provision", cmd_provision, "verify a bundle, then preflight, push and run site.yml on hosts"),
@@ -1431,6 +1426,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checklist-dir", metavar="DIR", help="write one CKLB checklist per host here")
         p.add_argument(
             "--attestations", action="append", default=[], metavar="DIR", help="merge valid attestations"
+        )
+        p.add_argument(
+            "--gateway-tls",
+            metavar="DIR",
+            help="mutual TLS for the gateways: DIR/ca.pem, [crl.pem], HOST/gateway.pem|.key, "
+            "HOST/agent.pem|.key (checked before any host is contacted; default: plain HTTP)",
         )
 
     p = sub(top, "demo", cmd_demo, "run the whole lifecycle locally on the SmolLM2 model")

@@ -9,7 +9,6 @@ read; O_NONBLOCK is then cleared (it means nothing for a regular file). Errors a
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import shutil
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from enclave.errors import EnclaveError, IntegrityError, UsageError
+from enclave.errors import EnclaveError, UsageError, os_error_class
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -29,27 +28,17 @@ _KINDS = (
 )
 
 
-# Errors that say the stored bytes cannot be read back (a failing disk or medium, a damaged
-# filesystem): the data is at fault (exit 3). Every other OSError is about what was asked for
-# (a name, a permission, a full disk): exit 2.
-DATA_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in ("EIO", "EUCLEAN", "EBADMSG", "ENODATA", "ENOMEDIUM", "EMEDIUMTYPE")
-    if hasattr(errno, name)
-)
-
-
 def os_error(exc: OSError, path: Path | str | None = None, what: str = "") -> EnclaveError:
     """The one-line typed error for `exc`: naming the file (`path`, else the error's own
-    filename) and what was being done with it; IntegrityError when the data is at fault."""
+    filename) and what was being done with it; IntegrityError when the data is at fault
+    (errors.DATA_ERRNOS), else UsageError."""
     name = path if path is not None else exc.filename
     where = f"{name}: " if name is not None else ""
     if exc.filename2 is not None and path is None:
         where = f"{exc.filename} -> {exc.filename2}: "
     doing = f"{what}: " if what else ""
     reason = exc.strerror or type(exc).__name__
-    kind = IntegrityError if exc.errno in DATA_ERRNOS else UsageError
-    return kind(f"{where}{doing}{reason}")
+    return os_error_class(exc)(f"{where}{doing}{reason}")
 
 
 def kind_of(mode: int) -> str:

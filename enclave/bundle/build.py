@@ -33,7 +33,7 @@ from enclave.bundle.digest import (
     new_hash,
     stream_digests,
 )
-from enclave.bundle.manifest import Component, Manifest, load_manifest
+from enclave.bundle.manifest import Manifest, load_manifest
 from enclave.bundle.modelcard import gguf_metadata
 from enclave.bundle.modelsig import sign_model, signature_member
 from enclave.bundle.output import DIRECT_ALIGN, Sink, open_output
@@ -55,13 +55,22 @@ from enclave.bundle.tarformat import (
 )
 from enclave.bundle.verify import check_archive, open_archive, read_envelope
 from enclave.bundle.volumes import VOLUME_SUFFIX, write_index
+from enclave.canonical import format_time
 from enclave.errors import IntegrityError, UnsafeArchiveError, UsageError
 from enclave.fileio import read_regular
-from enclave.images.export import ImageExporter
 from enclave.progress import Progress
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import format_time
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image component's content, collected before the build (enclave.images.collect: the
+    writer never talks to an engine): its record for the statement, and its files in component
+    order as (path inside the component, the file holding its bytes) (FORMAT.md, "Images")."""
+
+    record: ImageRecord
+    files: tuple[tuple[str, Path], ...]
 
 
 @dataclass(frozen=True)
@@ -105,59 +114,54 @@ def _files_of(component_name: str, root: Path) -> Iterator[tuple[str, Path]]:
     yield from sorted(found, key=lambda item: item[0].encode("utf-8"))
 
 
-def collect(manifest: Manifest) -> tuple[list[tuple[ComponentEntry, list[SourceFile]]], list[SourceFile]]:
+def collect(
+    manifest: Manifest, images: Mapping[str, ImageInput]
+) -> tuple[list[tuple[ComponentEntry, list[SourceFile]]], list[SourceFile]]:
+    """Every component's files, named as archive members; `images` holds the image components'
+    content by component name."""
     groups: list[tuple[ComponentEntry, list[SourceFile]]] = []
     everything: list[SourceFile] = []
     taken: dict[str, str] = {collision_key(ENVELOPE_NAME): ENVELOPE_NAME, collision_key(SBOM_NAME): SBOM_NAME}
-    exporter = ImageExporter()  # connects to the engine only if the manifest has an image
-    try:
-        for component in manifest.components:
-            image: ImageRecord | None = None
-            if component.kind == "image":
-                image, pairs = _image_files(manifest, component, exporter)
-            elif component.path is None:
-                raise UsageError(f"{manifest.source}: component {component.name}: no path")
-            else:
-                pairs = list(_files_of(component.name, component.path))
-            files: list[SourceFile] = []
-            for name, path in pairs:
-                try:
-                    check_name(name)
-                except UnsafeArchiveError as exc:
-                    raise UsageError(f"{path}: {exc}") from None
-                key = collision_key(name)
-                if key in taken:
-                    raise UsageError(
-                        f"{path}: member {name!r} collides with {taken[key]!r} (case or Unicode form)"
-                    )
-                taken[key] = name
-                stat = path.stat()
-                files.append(SourceFile(name, path, 0o755 if stat.st_mode & 0o111 else 0o644, stat))
-            entry = ComponentEntry(
-                component.name, component.kind, tuple(f.name for f in files), component.format, image
-            )
-            groups.append((entry, files))
-            everything += files
-    finally:
-        exporter.close()
+    for component in manifest.components:
+        image: ImageRecord | None = None
+        if component.kind == "image":
+            collected = images.get(component.name)
+            if collected is None:
+                raise UsageError(
+                    f"{manifest.source}: component {component.name}: image {component.ref} was not "
+                    "collected for this build (enclave.images.collect exports it from the engine)"
+                )
+            image = collected.record
+            prefix = f"{CONTENT_PREFIX}{component.name}/"
+            pairs = [(prefix + relative, path) for relative, path in collected.files]
+        elif component.path is None:
+            raise UsageError(f"{manifest.source}: component {component.name}: no path")
+        else:
+            pairs = list(_files_of(component.name, component.path))
+        files: list[SourceFile] = []
+        for name, path in pairs:
+            try:
+                check_name(name)
+            except UnsafeArchiveError as exc:
+                raise UsageError(f"{path}: {exc}") from None
+            key = collision_key(name)
+            if key in taken:
+                raise UsageError(
+                    f"{path}: member {name!r} collides with {taken[key]!r} (case or Unicode form)"
+                )
+            taken[key] = name
+            stat = path.stat()
+            files.append(SourceFile(name, path, 0o755 if stat.st_mode & 0o111 else 0o644, stat))
+        entry = ComponentEntry(
+            component.name, component.kind, tuple(f.name for f in files), component.format, image
+        )
+        groups.append((entry, files))
+        everything += files
     try:  # a file that is also another's directory (`a` and `A/x`): extraction would fail
         check_tree([*taken.values()])
     except UnsafeArchiveError as exc:
         raise UsageError(f"{manifest.source}: {exc}") from None
     return groups, everything
-
-
-def _image_files(
-    manifest: Manifest, component: Component, exporter: ImageExporter
-) -> tuple[ImageRecord, list[tuple[str, Path]]]:
-    """An image component's files: the image exported from the local engine into the blob
-    store (enclave.images), laid out under content/<component>/ (FORMAT.md, "Images")."""
-    if component.ref is None:
-        raise UsageError(f"{manifest.source}: component {component.name}: kind image needs a ref")
-    where = f"{manifest.source}: component {component.name}"
-    record, files = exporter.component_files(component.ref, where)
-    prefix = f"{CONTENT_PREFIX}{component.name}/"
-    return record, [(prefix + relative, path) for relative, path in files]
 
 
 def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
@@ -167,6 +171,18 @@ def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
         after.st_ino,
         after.st_dev,
     )
+
+
+def begin_build(manifest_path: Path, keys: Sequence[SigningKey]) -> tuple[Manifest, datetime]:
+    """What a build checks before it reads any input: a key to sign with, the manifest, and
+    the build time (`created_time`, taken when the build starts)."""
+    _need_keys(keys)
+    return load_manifest(manifest_path), created_time()
+
+
+def _need_keys(keys: Sequence[SigningKey]) -> None:
+    if not keys:
+        raise UsageError("at least one --key is needed to sign the bundle")
 
 
 def build_bundle(
@@ -179,8 +195,30 @@ def build_bundle(
     volume_size: int | None = None,
     base: Path | None = None,
 ) -> Path:
-    """Build, sign and write the bundle. Returns the path that names it for `verify`: the
-    bundle file, or with `volume_size` the signed volume index beside `NAME-VERSION.bundle.NNN`.
+    """`write_bundle` for a manifest without image components. A manifest with images is built
+    by enclave.images.collect.build_bundle (same arguments), which exports them first."""
+    manifest, created = begin_build(manifest_path, keys)
+    return write_bundle(
+        manifest, created, {}, out_dir, keys, digest, workers, show_progress, volume_size, base
+    )
+
+
+def write_bundle(
+    manifest: Manifest,
+    created_at: datetime,
+    images: Mapping[str, ImageInput],
+    out_dir: Path,
+    keys: Sequence[SigningKey],
+    digest: str | None = None,
+    workers: int | None = None,
+    show_progress: bool = True,
+    volume_size: int | None = None,
+    base: Path | None = None,
+) -> Path:
+    """Build, sign and write the bundle of `manifest`, dated `created_at`, its image components'
+    content already collected in `images` (by component name). Returns the path that names it
+    for `verify`: the bundle file, or with `volume_size` the signed volume index beside
+    `NAME-VERSION.bundle.NNN`.
 
     With `base` (an older bundle of the same name, or its BUNDLE.dsse.json as the high side
     keeps it), a differential bundle: content chunks the base already has are left out; the
@@ -193,12 +231,10 @@ def build_bundle(
     A single-file, non-differential bundle is written while it is hashed (`_write_overlapped`);
     volumes and differential bundles hash first, then copy.
     """
-    if not keys:
-        raise UsageError("at least one --key is needed to sign the bundle")
-    manifest = load_manifest(manifest_path)
+    _need_keys(keys)
     algorithm = digest or manifest.digest
-    created = format_time(created_time())
-    groups, files = collect(manifest)
+    created = format_time(created_at)
+    groups, files = collect(manifest, images)
     total = sum(f.stat.st_size for f in files)
     model_files = {f.name for entry, group in groups if entry.kind == "model" for f in group}
     wants = [_plain_wanted(f, algorithm, manifest.chunk_size, f.name in model_files) for f in files]

@@ -83,7 +83,7 @@ class Sink:
 
     def __init__(self, target: Path, part_size: int | None) -> None:
         if part_size is not None and part_size < MIN_VOLUME:
-            raise UsageError(f"--volume-size must be at least {MIN_VOLUME} bytes")
+            raise UsageError(f"a volume must be at least {MIN_VOLUME} bytes")
         self.target = target
         self.part_size = part_size
         self.finals: list[Path] = []

@@ -24,10 +24,11 @@ from enclave.bundle.digest import new_hash
 from enclave.bundle.manifest import Manifest
 from enclave.bundle.sbom import image_purl
 from enclave.bundle.statement import ComponentEntry, Member
+from enclave.canonical import canonical
 from enclave.errors import EnclaveError, IntegrityError
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope, verify_signatures
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import TrustRoot, canonical
+from enclave.trust.root import TrustRoot
 
 PROVENANCE_NAME = "provenance.dsse.json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"

@@ -13,10 +13,10 @@ from typing import Any
 
 from enclave.bundle.digest import chunk_count, combine, new_hash
 from enclave.bundle.tarformat import CONTENT_PREFIX, ENVELOPE_NAME, check_name, check_tree, collision_key
+from enclave.canonical import canonical, parse_time
 from enclave.errors import DocumentLimitError, IntegrityError, UnsafeArchiveError
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import MAX_ENVELOPE
-from enclave.trust.root import canonical, parse_time
 from enclave.trust.state import SemVer
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -284,75 +284,16 @@ def _image(entry: dict[str, Any], where: str) -> ImageRecord | None:
 
 
 def _parse(doc: Any) -> BundleStatement:
-    _fields(doc, {"_type", "subject", "predicateType", "predicate"}, set(), "statement")
-    if doc["_type"] != STATEMENT_TYPE or doc["predicateType"] != PREDICATE_TYPE:
-        raise ValueError(f"not an enclave bundle statement ({doc['predicateType']!r})")
-    pred = _fields(
-        doc["predicate"],
-        {"name", "version", "created", "digest", "chunkSize", "components", "members"},
-        {"base"},
-        "predicate",
-    )
+    pred = _predicate(doc)
     name = _safe_name(pred["name"], "predicate.name")
     version = _safe_version(pred["version"], "predicate.version")
-    algorithm = _str(pred["digest"], "predicate.digest")
-    if algorithm not in HEX_LENGTH:
-        raise ValueError(f"unsupported digest {algorithm!r}")
-    chunk_size = _int(pred["chunkSize"], "predicate.chunkSize", MIN_CHUNK, MAX_CHUNK)
-    if chunk_size & (chunk_size - 1):
-        raise ValueError("predicate.chunkSize must be a power of two")
+    algorithm = _algorithm(pred["digest"])
+    chunk_size = _chunk_size(pred["chunkSize"])
     parse_time(_str(pred["created"], "predicate.created"))
-    subjects = doc["subject"]
-    if not isinstance(subjects, list) or not isinstance(pred["members"], list):
-        raise ValueError("subject and predicate.members must be lists")
-    if len(subjects) != len(pred["members"]):
-        raise ValueError("subject and predicate.members differ in length")
-    members: list[Member] = []
-    keys: set[str] = set()
-    for index, (subject, entry) in enumerate(zip(subjects, pred["members"], strict=True)):
-        where = f"predicate.members[{index}]"
-        _fields(subject, {"name", "digest"}, set(), f"subject[{index}]")
-        _fields(entry, {"name", "size", "mode"}, {"chunks", "plainDigest", "carried"}, where)
-        member = _str(entry["name"], f"{where}.name")
-        if subject["name"] != member:
-            raise ValueError(f"subject[{index}] and {where} name different members")
-        check_name(member)
-        if member == ENVELOPE_NAME or collision_key(member) in keys:
-            raise UnsafeArchiveError(f"member {member!r}: listed twice or colliding in the statement")
-        keys.add(collision_key(member))
-        digests = _fields(subject["digest"], {algorithm}, set(), f"subject[{index}].digest")
-        digest = _hex(digests[algorithm], algorithm, f"subject[{index}].digest")
-        if isinstance(entry["size"], int) and entry["size"] > MAX_MEMBER_SIZE:
-            raise UnsafeArchiveError(
-                f"member {member!r}: {entry['size']} bytes exceeds the {MAX_MEMBER_SIZE} byte cap of a member"
-            )
-        size = _int(entry["size"], f"{where}.size", 0, MAX_MEMBER_SIZE)
-        mode = MODES.get(_str(entry["mode"], f"{where}.mode"))
-        if mode is None:
-            raise ValueError(f"{where}.mode must be one of {', '.join(MODES)}")
-        chunks: tuple[str, ...] = ()
-        expected_chunks = chunk_count(size, chunk_size)
-        if expected_chunks > 1:
-            raw = entry.get("chunks")
-            if not isinstance(raw, list) or len(raw) != expected_chunks:
-                raise ValueError(f"{where}.chunks must list {expected_chunks} chunk digests")
-            chunks = tuple(_hex(c, algorithm, f"{where}.chunks") for c in raw)
-            defined = combine(algorithm, chunk_size, [bytes.fromhex(c) for c in chunks]).hex()
-            if defined != digest:
-                raise ValueError(f"subject[{index}] digest is not the one its chunks define")
-            if "plainDigest" not in entry:
-                raise ValueError(f"{where}.plainDigest is missing for a multi-chunk file")
-            plain = _hex(entry["plainDigest"], algorithm, f"{where}.plainDigest")
-        elif "chunks" in entry or "plainDigest" in entry:
-            raise ValueError(f"{where}: chunks and plainDigest are only for multi-chunk files")
-        else:
-            plain = ""
-        carried = _carried(entry, where, expected_chunks, "base" in pred)
-        members.append(Member(member, size, mode, digest, chunks, plain, carried))
+    members = _members(doc["subject"], pred, algorithm, chunk_size)
     check_tree([ENVELOPE_NAME, *(m.name for m in members)])
     components = _components(pred["components"], [m.name for m in members])
-    if "base" in pred and _base(pred["base"]).name != name:
-        raise ValueError(f"predicate.base names bundle {pred['base']['name']!r}, not {name!r}")
+    _check_base(pred, name)
     extra: dict[str, Any] = {k: pred[k] for k in ("base",) if k in pred}
     return BundleStatement(
         name=name,
@@ -364,6 +305,130 @@ def _parse(doc: Any) -> BundleStatement:
         members=tuple(members),
         extra=extra,
     )
+
+
+def _predicate(doc: Any) -> dict[str, Any]:
+    """The predicate: the statement's fields and types are enclave's, the predicate's fields exact."""
+    _fields(doc, {"_type", "subject", "predicateType", "predicate"}, set(), "statement")
+    if doc["_type"] != STATEMENT_TYPE or doc["predicateType"] != PREDICATE_TYPE:
+        raise ValueError(f"not an enclave bundle statement ({doc['predicateType']!r})")
+    return _fields(
+        doc["predicate"],
+        {"name", "version", "created", "digest", "chunkSize", "components", "members"},
+        {"base"},
+        "predicate",
+    )
+
+
+def _algorithm(value: Any) -> str:
+    """predicate.digest: the name of a supported digest algorithm."""
+    algorithm = _str(value, "predicate.digest")
+    if algorithm not in HEX_LENGTH:
+        raise ValueError(f"unsupported digest {algorithm!r}")
+    return algorithm
+
+
+def _chunk_size(value: Any) -> int:
+    """predicate.chunkSize: a power of two in [MIN_CHUNK, MAX_CHUNK]."""
+    chunk_size = _int(value, "predicate.chunkSize", MIN_CHUNK, MAX_CHUNK)
+    if chunk_size & (chunk_size - 1):
+        raise ValueError("predicate.chunkSize must be a power of two")
+    return chunk_size
+
+
+def _members(subjects: Any, pred: dict[str, Any], algorithm: str, chunk_size: int) -> list[Member]:
+    """The members: subject and predicate.members are lists pairing up one entry per member."""
+    if not isinstance(subjects, list) or not isinstance(pred["members"], list):
+        raise ValueError("subject and predicate.members must be lists")
+    if len(subjects) != len(pred["members"]):
+        raise ValueError("subject and predicate.members differ in length")
+    members: list[Member] = []
+    keys: set[str] = set()  # collision keys of the members so far
+    for index, (subject, entry) in enumerate(zip(subjects, pred["members"], strict=True)):
+        members.append(_member(index, subject, entry, keys, algorithm, chunk_size, "base" in pred))
+    return members
+
+
+def _member(
+    index: int,
+    subject: Any,
+    entry: Any,
+    keys: set[str],
+    algorithm: str,
+    chunk_size: int,
+    differential: bool,
+) -> Member:
+    """One member from its subject and predicate entry: name, digest, size, mode and chunks."""
+    where = f"predicate.members[{index}]"
+    member = _member_name(index, subject, entry, keys)
+    digests = _fields(subject["digest"], {algorithm}, set(), f"subject[{index}].digest")
+    digest = _hex(digests[algorithm], algorithm, f"subject[{index}].digest")
+    size = _member_size(entry["size"], member, where)
+    mode = _mode(entry["mode"], where)
+    expected_chunks = chunk_count(size, chunk_size)
+    chunks, plain = _chunks(entry, index, digest, algorithm, chunk_size, expected_chunks)
+    carried = _carried(entry, where, expected_chunks, differential)
+    return Member(member, size, mode, digest, chunks, plain, carried)
+
+
+def _member_name(index: int, subject: Any, entry: Any, keys: set[str]) -> str:
+    """The member's name: both entries exact, naming the same safe member, not listed before."""
+    where = f"predicate.members[{index}]"
+    _fields(subject, {"name", "digest"}, set(), f"subject[{index}]")
+    _fields(entry, {"name", "size", "mode"}, {"chunks", "plainDigest", "carried"}, where)
+    member = _str(entry["name"], f"{where}.name")
+    if subject["name"] != member:
+        raise ValueError(f"subject[{index}] and {where} name different members")
+    check_name(member)
+    if member == ENVELOPE_NAME or collision_key(member) in keys:
+        raise UnsafeArchiveError(f"member {member!r}: listed twice or colliding in the statement")
+    keys.add(collision_key(member))
+    return member
+
+
+def _member_size(value: Any, member: str, where: str) -> int:
+    """The member's size: an integer, an over-the-cap one refused as unsafe."""
+    # Over the cap is an unsafe archive, not merely a malformed statement: checked first.
+    if isinstance(value, int) and value > MAX_MEMBER_SIZE:
+        raise UnsafeArchiveError(
+            f"member {member!r}: {value} bytes exceeds the {MAX_MEMBER_SIZE} byte cap of a member"
+        )
+    return _int(value, f"{where}.size", 0, MAX_MEMBER_SIZE)
+
+
+def _mode(value: Any, where: str) -> int:
+    """The member's mode: one of MODES."""
+    mode = MODES.get(_str(value, f"{where}.mode"))
+    if mode is None:
+        raise ValueError(f"{where}.mode must be one of {', '.join(MODES)}")
+    return mode
+
+
+def _chunks(
+    entry: dict[str, Any], index: int, digest: str, algorithm: str, chunk_size: int, expected: int
+) -> tuple[tuple[str, ...], str]:
+    """Chunk and plain digests: for a multi-chunk file the chunks define `digest`; none otherwise."""
+    where = f"predicate.members[{index}]"
+    if expected <= 1:
+        if "chunks" in entry or "plainDigest" in entry:
+            raise ValueError(f"{where}: chunks and plainDigest are only for multi-chunk files")
+        return (), ""
+    raw = entry.get("chunks")
+    if not isinstance(raw, list) or len(raw) != expected:
+        raise ValueError(f"{where}.chunks must list {expected} chunk digests")
+    chunks = tuple(_hex(c, algorithm, f"{where}.chunks") for c in raw)
+    defined = combine(algorithm, chunk_size, [bytes.fromhex(c) for c in chunks]).hex()
+    if defined != digest:
+        raise ValueError(f"subject[{index}] digest is not the one its chunks define")
+    if "plainDigest" not in entry:
+        raise ValueError(f"{where}.plainDigest is missing for a multi-chunk file")
+    return chunks, _hex(entry["plainDigest"], algorithm, f"{where}.plainDigest")
+
+
+def _check_base(pred: dict[str, Any], name: str) -> None:
+    """A differential bundle's base is a valid reference to an earlier version of this bundle."""
+    if "base" in pred and _base(pred["base"]).name != name:
+        raise ValueError(f"predicate.base names bundle {pred['base']['name']!r}, not {name!r}")
 
 
 def _components(raw: Any, members: list[str]) -> list[ComponentEntry]:

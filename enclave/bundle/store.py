@@ -234,7 +234,7 @@ class ContentStore:
         size). Returns (objects removed, bytes freed); a file object's bytes count only when it
         was the file's last name (a published tree may still hold the inode)."""
         if keep < 1:
-            raise UsageError("--keep must be at least 1")
+            raise UsageError("keep at least 1 version")
         by_name: dict[str, list[StoredBundle]] = {}
         for bundle in self.accepted():
             by_name.setdefault(bundle.name, []).append(bundle)

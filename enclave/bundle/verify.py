@@ -1,32 +1,29 @@
-"""Verify a bundle before anything is loaded: signatures first, then one parallel pass.
+"""The archive half of a verification: the envelope, then every header and byte in one pass.
 
-Order of checks (FORMAT.md, "Verification"):
-1. the trust root itself (expiry at one fixed time, its own signatures);
-2. the first member is the envelope; its signatures meet the `bundle` role (threshold of
-   distinct trusted keys and the hybrid rule) before one byte of content is read;
-3. every tar header (the envelope's too, before its signatures): its raw block first
+enclave.admission takes the trust decisions (the root, the envelope's signatures, rollback) and
+calls this module for the rest, in this order (FORMAT.md, "Verification"):
+1. the first member is the envelope (read here; its signatures are judged by the admission
+   before one byte of content is read);
+2. every tar header (the envelope's too, before its signatures): its raw block first
    (checksum, typeflag `0` or `x`, an extended header's size cap and records), then a safe
    name, listed in the statement, in order, the signed size, byte-identical to the canonical
    header;
-4. every chunk of every member hashed on all cores; with extraction, a chunk is written
+3. every chunk of every member hashed on all cores; with extraction, a chunk is written
    to the staging directory only after its digest matched;
-5. the archive ends exactly where the statement says; then the staging directory is
+4. the archive ends exactly where the statement says; then the staging directory is
    published by one rename. Any failure removes it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -49,10 +46,11 @@ from enclave.bundle.tarformat import (
 )
 from enclave.errors import EnclaveError, IntegrityError, TrustError, UnsafeArchiveError, UsageError
 from enclave.progress import Progress
-from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope, verify_signatures
-from enclave.trust.dsse import MAX_ENVELOPE as MAX_ENVELOPE  # re-exported: the agent reads it here
-from enclave.trust.keys import PublicKey
-from enclave.trust.root import RoleCheck, TrustRoot
+from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
+from enclave.trust.state import StateDir
+
+if TYPE_CHECKING:  # volumes imports this module; check_archive only names its index type
+    from enclave.bundle.volumes import VolumeIndex
 
 DEFAULT_MAX_BYTES = 1 << 42  # 4 TiB: the "endless data" cap; --max-size changes it
 
@@ -63,18 +61,6 @@ class EnvelopeMember:
     raw: bytes
     end: int  # offset just past the envelope's data and padding
     info: tarfile.TarInfo
-
-
-@dataclass
-class VerifyResult:
-    bundle: str
-    statement: BundleStatement
-    statement_digest: str  # sha256 of the signed payload
-    signers: tuple[PublicKey, ...]
-    untrusted_keyids: tuple[str, ...]
-    root: TrustRoot
-    checks: list[str] = field(default_factory=list)
-    extracted_to: Path | None = None
 
 
 def check_raw_header(source: ArchiveSource, offset: int) -> None:
@@ -155,19 +141,6 @@ def read_envelope(source: ArchiveSource, tar: tarfile.TarFile | None = None) -> 
         )
     end = info.offset_data + info.size + padding(info.size)
     return EnvelopeMember(envelope, raw, end, info)
-
-
-def check_signatures(envelope: Envelope, root: TrustRoot, what: str = ENVELOPE_NAME) -> RoleCheck:
-    """The `bundle` role's rule over this envelope; raises TrustError when it is not met."""
-    verified = verify_signatures(envelope, root.role_keys("bundle"))
-    check = root.check_role("bundle", verified.keys)
-    if not check.met:
-        unknown = [s.keyid[:16] for s in envelope.signatures if s.keyid not in root.role_keys("bundle")]
-        bad = len(envelope.signatures) - len(verified.keys) - len(unknown)
-        detail = f"; untrusted keys: {', '.join(unknown)}" if unknown else ""
-        detail += f"; {bad} invalid signature(s) by trusted keys" if bad else ""
-        raise TrustError(f"{what}: bundle signatures not accepted: {check.explain()}{detail}")
-    return check
 
 
 class ChunkSource(Protocol):
@@ -432,9 +405,10 @@ def _check_trailer(source: ArchiveSource, end: int) -> None:
         raise IntegrityError(f"{source.locate(end)}: non-zero bytes in the end-of-archive marker")
 
 
-def _staging_dir(target: Path, needed: int) -> Path:
+def staging_dir(target: Path, needed: int) -> Path:
+    """A fresh directory beside `target` that verified chunks are written to, published by `publish`."""
     if target.exists() or target.is_symlink():
-        raise UsageError(f"{target}: already exists; --extract-to needs a new directory")
+        raise UsageError(f"{target}: already exists; extraction needs a new directory")
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
@@ -452,7 +426,8 @@ def _remove_stale_staging(parent: Path, name: str) -> None:
             shutil.rmtree(candidate, ignore_errors=True)
 
 
-def _publish(staging: Path, target: Path, envelope_raw: bytes) -> None:
+def publish(staging: Path, target: Path, envelope_raw: bytes) -> None:
+    """The verified staging directory, with the envelope, renamed to `target` (one rename, fsynced)."""
     (staging / ENVELOPE_NAME).write_bytes(envelope_raw)
     os.chmod(staging / ENVELOPE_NAME, 0o644)
     for directory in sorted({p for p in staging.rglob("*") if p.is_dir()} | {staging}, reverse=True):
@@ -472,7 +447,7 @@ def _publish(staging: Path, target: Path, envelope_raw: bytes) -> None:
         os.close(fd)
 
 
-def _content_store(state: StateDir | None, statement: BundleStatement, keep: bool) -> ContentStore | None:
+def content_store(state: StateDir | None, statement: BundleStatement, keep: bool) -> ContentStore | None:
     """The store this verification reads (differential) or fills (publishing); checks the base."""
     base = base_of(statement)
     if state is None:
@@ -525,149 +500,3 @@ def check_archive(
     finally:
         if progress is not None:
             progress.finish()
-
-
-if TYPE_CHECKING:  # verify_bundle's state and receipt hooks (imported in the function at run time)
-    from enclave.bundle.volumes import VolumeIndex
-    from enclave.trust.receipts import Evidence
-    from enclave.trust.state import StateDir
-
-
-def verify_bundle(
-    paths: Sequence[Path],
-    root: TrustRoot | None,
-    now: datetime,
-    extract_to: Path | None = None,
-    workers: int | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    show_progress: bool = True,
-    state: StateDir | None = None,
-    evidence: Evidence | None = None,
-    record: bool = True,
-    keep: bool = True,
-    audit: bool = False,
-    index: VolumeIndex | None = None,
-) -> VerifyResult:
-    """Verify a bundle (one file or its volumes in order) against `root`, as of `now`.
-
-    `state` (the high side's state directory): the root stored there is the anchor unless
-    `root` is a valid rotation of it (None: use the stored one); older versions, or an equal
-    version with other content, are refused (exit 5); on success the rollback record and the
-    root in use are stored before anything is published (`record=False`: checked, not
-    written). Without `state` nothing is checked or kept (a library caller that keeps its own
-    state).
-    A bundle's `trust` component is applied to the root before its signatures are checked.
-    `evidence` is filled as the checks run, so a receipt can describe a failure too.
-    With `state`, a differential bundle takes its base chunks from the content store there,
-    and a published bundle is kept in it (`keep=False`: not kept): its files by hard link when
-    the store is on the extraction's filesystem, else its chunks (store.StoreStaging).
-    `audit` (--at): an auditor's re-check of evidence as of `now`: the stored root still
-    decides (a key it revoked stays revoked), the rollback record is not consulted, nothing is
-    recorded, and it never extracts (UsageError with `extract_to`).
-    `index`: the signed volume index of `paths` (volumes.resolve), to name the damaged volume
-    when a damaged chunk spans two.
-    """
-    if audit and extract_to is not None:
-        raise UsageError("an audit re-check (--at) never extracts: it re-checks evidence, never publishes")
-    record = record and not audit
-    # Imported here: this function is the only part of this module that knows about state.
-    from enclave.trust import rotation
-    from enclave.trust.receipts import Evidence
-    from enclave.trust.root import format_time
-
-    evidence = evidence if evidence is not None else Evidence([str(p) for p in paths], now)
-    checks = evidence.checks
-    anchor: str | None = None
-    if state is not None:
-        stored = state.read_root()
-        anchor = stored.digest if stored else None
-        resolution = rotation.resolve(stored, root)
-        root = resolution.root
-        checks.append(resolution.note)
-    elif root is None:
-        raise UsageError("no trust root given")
-    root.check_signed()
-    evidence.root = root
-    with ArchiveSource(paths) as source:
-        tar = open_archive(source)
-        member = read_envelope(source, tar)
-        evidence.statement_digest = hashlib.sha256(member.envelope.payload).hexdigest()
-        evidence.claimed_keyids = [s.keyid for s in member.envelope.signatures]
-        carried = rotation.roots_in_bundle(source, member.end, member.envelope.payload)
-        if carried:
-            rotated = rotation.apply_chain(root, carried)
-            checks.append(
-                f"trust component: {len(carried)} root(s); root v{root.version} rotated to v{rotated.version}"
-                if rotated is not root
-                else f"trust component: {len(carried)} root(s), none newer than v{root.version}"
-            )
-            root = evidence.root = rotated
-        root.check(now)  # expiry of the root in use, at the one time fixed for this run (freeze)
-        check = check_signatures(member.envelope, root)
-        evidence.saw_signers(check.signers, root)
-        statement = BundleStatement.from_payload(member.envelope.payload)
-        evidence.name, evidence.version = statement.name, statement.version
-        checks += [
-            f"trust root v{root.version} valid until {root.signed['expires']}",
-            f"signatures: {check.explain()}",
-        ]
-        result = VerifyResult(
-            bundle=source.name,
-            statement=statement,
-            statement_digest=evidence.statement_digest,
-            signers=check.signers,
-            untrusted_keyids=tuple(
-                s.keyid for s in member.envelope.signatures if s.keyid not in {k.keyid for k in check.signers}
-            ),
-            root=root,
-            checks=checks,
-        )
-        if state is not None and not audit:  # early, so a rollback is refused before hours of hashing
-            checks.append(
-                state.read_rollback().check(
-                    statement.name, statement.version, result.statement_digest, root.version
-                )
-            )
-        elif audit:
-            checks.append("rollback: not consulted (an audit re-check records and publishes nothing)")
-        if statement.total_size > max_bytes:
-            raise UnsafeArchiveError(
-                f"{ENVELOPE_NAME}: {statement.total_size} bytes of content exceed the {max_bytes} byte cap"
-            )
-        store = _content_store(state, statement, keep and extract_to is not None and record)
-        staging = _staging_dir(extract_to, statement.total_size) if extract_to is not None else None
-        kept: StoreStaging | None = None
-        try:
-            # The store keeps a published bundle: by hard links to the extracted files when it is
-            # on their filesystem, else as chunks written as they verify; committed below.
-            if store is not None and keep and staging is not None and state is not None and record:
-                kept = store.staging(statement, staging)
-            check_archive(source, tar, member, statement, staging, workers, show_progress, store, kept, index)
-            checks += [
-                f"archive: {len(statement.members)} members, canonical headers, exact end",
-                f"content: {statement.total_size} bytes, every {statement.digest} chunk digest matched",
-            ]
-            if state is not None and record:  # recorded before publishing: never content out, state behind
-                state.accept(
-                    anchor, root, statement.name, statement.version, result.statement_digest, format_time(now)
-                )
-                checks.append(f"recorded in {state.rollback_path}")
-                if store is not None and kept is not None:
-                    # Only now, after every check, and before the tree is renamed (the links are
-                    # made from the staging directory): a failed run leaves nothing in the store.
-                    how = "hard links to the published files" if kept.links else "chunk copies"
-                    kept.commit()
-                    kept = None
-                    store.record(member.raw)
-                    checks.append(f"content kept in {store.path} ({how})")
-            if staging is not None and extract_to is not None:
-                _publish(staging, extract_to, member.raw)
-                staging = None
-                result.extracted_to = extract_to
-                checks.append(f"published {extract_to}")
-        finally:
-            if kept is not None:
-                kept.discard()
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-    return result

@@ -29,14 +29,15 @@ from enclave.bundle.statement import (
     _hex,
     _int,
 )
-from enclave.bundle.verify import check_signatures, read_envelope
+from enclave.bundle.verify import read_envelope
+from enclave.canonical import canonical
 from enclave.errors import DocumentLimitError, IntegrityError, TrustError, UsageError
 from enclave.fileio import open_regular, read_regular, require_regular
 from enclave.progress import Progress
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import TrustRoot, canonical
+from enclave.trust.trusted import TrustedRoot
 
 VOLUMES_PREDICATE = "urn:enclave:predicate:volumes:v1"
 VOLUME_SUFFIX = re.compile(r"\.bundle\.(\d{3})$")
@@ -62,6 +63,7 @@ class VolumeIndex:
     chunk_size: int
     volume_size: int
     volumes: tuple[Volume, ...]
+    envelope: Envelope  # its signatures are checked by the caller (TrustedRoot.require)
 
     def paths(self) -> list[Path]:
         return [self.path.parent / v.name for v in self.volumes]
@@ -107,17 +109,33 @@ def write_index(
     return target
 
 
-def load_index(path: Path, root: TrustRoot) -> VolumeIndex:
-    """Read the index, check its signatures meet the bundle role's rule, parse it strictly and
-    bind it to its own file name: `NAME-VERSION.volumes.dsse.json` must say `bundle`
+def load_index(path: Path, trusted: TrustedRoot) -> VolumeIndex:
+    """The courier's read of an index: its signatures meet the bundle role's rule of `trusted`,
+    then it is parsed strictly and bound to its own file name (read_index)."""
+    envelope = _read_envelope(path)
+    trusted.require("bundle", envelope, path.name)
+    return _index_of(path, envelope)
+
+
+def read_index(path: Path) -> VolumeIndex:
+    """The index parsed strictly and bound to its own file name, its signatures NOT yet checked:
+    an admission first needs the volumes it names to read the roots the bundle carries, and only
+    then knows the root that judges the index. `NAME-VERSION.volumes.dsse.json` must say bundle
     `NAME-VERSION.bundle` (an index copied over another bundle's is refused, 3)."""
+    return _index_of(path, _read_envelope(path))
+
+
+def _read_envelope(path: Path) -> Envelope:
     raw = read_regular(path, "volume index", MAX_ENVELOPE)
     envelope = Envelope.from_json(raw, path.name)
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise TrustError(f"{path.name}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}")
-    check_signatures(envelope, root, path.name)
+    return envelope
+
+
+def _index_of(path: Path, envelope: Envelope) -> VolumeIndex:
     try:
-        index = _parse(path, strict_json(envelope.payload, MAX_ENVELOPE))
+        index = _parse(path, strict_json(envelope.payload, MAX_ENVELOPE), envelope)
     except DocumentLimitError as exc:
         raise TrustError(f"{path.name}: volume index {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -131,7 +149,7 @@ def load_index(path: Path, root: TrustRoot) -> VolumeIndex:
     return index
 
 
-def _parse(path: Path, doc: Any) -> VolumeIndex:
+def _parse(path: Path, doc: Any, envelope: Envelope) -> VolumeIndex:
     _fields(doc, {"_type", "subject", "predicateType", "predicate"}, set(), "index")
     if doc["_type"] != STATEMENT_TYPE or doc["predicateType"] != VOLUMES_PREDICATE:
         raise ValueError("not an enclave volume index")
@@ -168,7 +186,9 @@ def _parse(path: Path, doc: Any) -> VolumeIndex:
             raise ValueError(f"volume {name}: {size} bytes; every volume but the last has volumeSize")
         digest = _fields(subject["digest"], {algorithm}, set(), f"subject[{number}].digest")[algorithm]
         volumes.append(Volume(name, size, _hex(digest, algorithm, f"subject[{number}].digest")))
-    return VolumeIndex(path, bundle, statement_digest, algorithm, chunk_size, volume_size, tuple(volumes))
+    return VolumeIndex(
+        path, bundle, statement_digest, algorithm, chunk_size, volume_size, tuple(volumes), envelope
+    )
 
 
 def check_volume(volume: Path, index: VolumeIndex, show_progress: bool = False) -> Volume:
@@ -193,11 +213,13 @@ def check_volume(volume: Path, index: VolumeIndex, show_progress: bool = False) 
     return entry
 
 
-def resolve(path: Path, root: TrustRoot) -> tuple[list[Path], VolumeIndex | None]:
+def locate(path: Path) -> tuple[list[Path], VolumeIndex | None]:
     """The files that make up the bundle named by `path` (a bundle, a volume or an index).
 
-    With volumes, the signed index decides which files, in which order and of what size; a
-    missing, extra-short or swapped-in volume is named before any content is read.
+    With volumes, the index decides which files, in which order and of what size; a missing,
+    extra-short or swapped-in volume is named before any content is read. The index's
+    signatures are not checked here: the caller checks them with the root it arrives at after
+    applying the roots the bundle carries, then `bind`s the index to the volumes' statement.
     """
     if path.name.endswith(".volumes.dsse.json"):
         index_file = path
@@ -207,7 +229,7 @@ def resolve(path: Path, root: TrustRoot) -> tuple[list[Path], VolumeIndex | None
         return [path], None
     if not index_file.exists():
         raise UsageError(f"{index_file}: volume index missing (it travels with the volumes)")
-    index = load_index(index_file, root)
+    index = read_index(index_file)
     if VOLUME_SUFFIX.search(path.name) and path.name not in {v.name for v in index.volumes}:
         raise IntegrityError(f"{path}: not a volume of {index.bundle} ({len(index.volumes)} volumes)")
     for volume, entry in zip(index.paths(), index.volumes, strict=True):
@@ -219,16 +241,13 @@ def resolve(path: Path, root: TrustRoot) -> tuple[list[Path], VolumeIndex | None
             raise IntegrityError(
                 f"{volume}: {size} bytes, the index signs {entry.size} (truncated or padded volume)"
             )
-    bind(index, index.paths())
     return index.paths(), index
 
 
-def bind(index: VolumeIndex, paths: Sequence[Path]) -> None:
-    """The index names the statement these volumes carry (`statementDigest`), and that statement
-    is bundle `index.bundle`: else an index of another bundle, or volumes of another (3). The
-    envelope's signatures are checked later, by the verification itself."""
-    with ArchiveSource(paths) as source:
-        payload = read_envelope(source).envelope.payload
+def bind(index: VolumeIndex, payload: bytes) -> None:
+    """The index names the statement the volumes carry (`payload`, read from the first volume's
+    envelope), and that statement is bundle `index.bundle`: else an index of another bundle, or
+    volumes of another (3). The envelope's signatures are checked by the admission itself."""
     digest = hashlib.sha256(payload).hexdigest()
     if digest != index.statement_digest:
         raise IntegrityError(

@@ -4,9 +4,10 @@ docs/FORMAT.md, "Evidence package").
 
 - `build.build(out, Sources(...), key, trust, now)`: `enclave evidence build`;
 - `package.verify(path, root)`: `enclave evidence verify` (4: signature, 3: any file changed);
-- `attest.sign(...)`: `enclave attest`; `attest.load` and `attest.merge`: used by `provision`
-  and by `build`.
+- `commands`: the `evidence build|verify` and `attest` commands.
 
-`verify` and `attest` need the core only; `build` needs the `evidence` extra (openpyxl, for the
-POA&M workbook) and reads checklists with the provisioning code's CKLB schema.
+Manual attestations (`enclave attest`) are enclave.trust.attest: `provision` merges them into
+its checklists too, and this package sits above it. `verify` and `attest` need the core only;
+`build` needs the `evidence` extra (openpyxl, for the POA&M workbook) and reads checklists with
+the provisioning code's CKLB schema.
 """

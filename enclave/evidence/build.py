@@ -23,15 +23,18 @@ from pathlib import Path
 from typing import Any
 
 from enclave import __version__
+from enclave.canonical import format_time
 from enclave.errors import MALFORMED_DOCUMENT, IntegrityError, UsageError
-from enclave.evidence import attest, facts, page, poam
+from enclave.evidence import facts, page, poam
 from enclave.evidence.facts import UNREADABLE
 from enclave.evidence.package import MANIFEST, digest_file, sign_manifest, write_tar
 from enclave.fileio import published_directory, read_regular
 from enclave.strictjson import strict_json
+from enclave.trust import attest
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import TrustRoot, format_time
+from enclave.trust.root import TrustRoot
 from enclave.trust.state import StateDir
+from enclave.trust.trusted import TrustedRoot
 
 MAX_DOCUMENT = 256 * 1024 * 1024  # a report, checklist or provenance document; larger is not one
 Say = Callable[[str], None]
@@ -124,10 +127,9 @@ def build(
     not verify (an audit log, the receipt log) are still packaged, with their findings: then
     IntegrityError (3) is raised after the package is complete, naming them."""
     speak: Say = say or (lambda _line: None)
-    root = TrustRoot.load(trust)
-    root.check(now)
-    if key.keyid not in root.roles["audit"].keyids:
-        raise UsageError(f"key {key.keyid[:16]}: not a key of the audit role of trust root v{root.version}")
+    trusted = TrustedRoot.load(trust, now)
+    root = trusted.root
+    trusted.require_member("audit", key.public, "evidence signer")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out}: exists and is not an empty directory")
     tar = out.with_name(out.name + ".tar")

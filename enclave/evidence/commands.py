@@ -85,7 +85,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> Result:
 
 
 def cmd_attest(args: argparse.Namespace) -> Result:
-    from enclave.evidence import attest
+    from enclave.trust import attest
     from enclave.trust.keys import SigningKey
     from enclave.trust.root import TrustRoot
 
@@ -124,7 +124,7 @@ Sub = Callable[[Any, str, Callable[[argparse.Namespace], Result], str], argparse
 
 def add_commands(top: Any, sub: Sub) -> None:
     """`enclave evidence build|verify` and `enclave attest`."""
-    from enclave.evidence.attest import DEFAULT_DAYS, STATUSES
+    from enclave.trust.attest import DEFAULT_DAYS, STATUSES
 
     group = top.add_parser("evidence", help="a signed evidence package for assessors").add_subparsers(
         dest="action", required=True

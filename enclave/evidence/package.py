@@ -20,12 +20,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from enclave.canonical import canonical, parse_time
 from enclave.errors import MALFORMED_DOCUMENT, IntegrityError, TrustError, UsageError
 from enclave.fileio import read_regular
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import TrustRoot, canonical, parse_time
+from enclave.trust.root import TrustRoot
 from enclave.trust.state import fsync_dir
 
 MANIFEST = "evidence.dsse.json"

@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from enclave.runtime.gateway.normalise import skeleton_tokens
+from enclave.normalise import skeleton_tokens
 
 CHAR_NGRAMS = (3, 5)
 WORD_NGRAMS = (1, 2)

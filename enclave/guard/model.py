@@ -27,7 +27,7 @@ import numpy as np
 
 from enclave.errors import PolicyError
 from enclave.guard import features
-from enclave.runtime.gateway.normalise import NORMALISATION
+from enclave.normalise import NORMALISATION
 
 API_VERSION = "enclave/v1"
 KIND = "Guard"

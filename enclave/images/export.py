@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enclave.bundle.statement import ImageRecord
+from enclave.bundle.build import ImageInput
 from enclave.errors import IntegrityError, UsageError
 from enclave.images.engine import ENGINE_TIMEOUT
 from enclave.images.layout import (
@@ -216,16 +216,19 @@ def _check_archive_manifest(
 
 class ImageExporter:
     """Image components for a bundle build: one engine connection (opened on first use) and
-    the blob store. `component_files` gives the files as (path in component, stored file)."""
+    the blob store. `component_files` gives the image's record and its files as (path in
+    component, stored file), what the bundle writer takes (enclave.images.collect)."""
 
     def __init__(self, store: BlobStore | None = None, show_progress: bool = True) -> None:
         self.store = store or BlobStore(cache_root() / "images")
         self.show_progress = show_progress
         self._client: docker.DockerClient | None = None
 
-    def component_files(self, ref: str, where: str) -> tuple[ImageRecord, list[tuple[str, Path]]]:
+    def component_files(self, ref: str, where: str) -> ImageInput:
         exported = export_image(self._engine(where), ref, self.store, where, self.show_progress)
-        return exported.layout.record, [(path, exported.files[path]) for path in exported.layout.paths()]
+        return ImageInput(
+            exported.layout.record, tuple((path, exported.files[path]) for path in exported.layout.paths())
+        )
 
     def _engine(self, where: str) -> docker.DockerClient:
         if self._client is None:

@@ -27,20 +27,18 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enclave.admission import Admission, Admitted
 from enclave.bundle.digest import default_workers
 from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord
 from enclave.bundle.tarformat import CONTENT_PREFIX, ENVELOPE_NAME
-from enclave.bundle.verify import VerifyResult, verify_bundle
 from enclave.errors import IntegrityError, ProvisionError, UsageError
 from enclave.images.engine import connect
 from enclave.images.layout import MAX_CONFIG, ImageLayout, LayoutError, blob_path, make_layout, parse_config
 from enclave.images.store import CHUNK, sha256_file
 from enclave.trust.dsse import Envelope
-from enclave.trust.root import TrustRoot
 
 if TYPE_CHECKING:
     import docker
@@ -65,7 +63,7 @@ class LoadedImage:
 
 @dataclass
 class LoadResult:
-    verified: VerifyResult
+    verified: Admitted
     images: list[LoadedImage]
 
 
@@ -116,31 +114,24 @@ def load_verified(
 
 
 def load_bundle_images(
-    paths: Sequence[Path],
-    root: TrustRoot | None,
-    now: datetime,
+    admission: Admission,
+    bundle: Path,
     engine: str | None = None,
     extract_to: Path | None = None,
+    receipt: Path | None = None,
     workers: int | None = None,
-    show_progress: bool = True,
     connector: Callable[[str | None], docker.DockerClient] = connect,
-    **verify_options: Any,
 ) -> LoadResult:
-    """The library form of `enclave images load`: connect, verify_bundle, load_verified."""
+    """The library form of `enclave images load`: connect (an engine that does not answer fails
+    before anything is read), admit the bundle into `extract_to` (default: a scratch directory),
+    check and load its images."""
     client = connector(engine)
     try:
         with extraction_dir(extract_to) as tree:
-            verified = verify_bundle(
-                paths,
-                root,
-                now,
-                extract_to=tree,
-                workers=workers,
-                show_progress=show_progress,
-                **verify_options,
-            )
+            verified = admission.verify(bundle, extract_to=tree, receipt=receipt)
             if extract_to is None:  # the scratch copy is gone when this returns: do not report it
-                verified.checks = [c for c in verified.checks if not c.startswith("published ")]
+                verified.checks[:] = [c for c in verified.checks if not c.startswith("published ")]
+                verified.extracted_to = None
             images = load_verified(client, tree, verified.statement, workers)
     finally:
         client.close()

@@ -36,6 +36,7 @@ from enclave import __version__
 from enclave.bundle.build import created_time
 from enclave.bundle.sbom import build_sbom, wheel_purl
 from enclave.bundle.statement import ComponentEntry, Member
+from enclave.canonical import canonical, format_time
 from enclave.errors import UsageError
 from enclave.images.store import cache_root
 from enclave.images.wheels import cache_key, cached_dir, constraints, project_wheel, run_pip
@@ -43,7 +44,6 @@ from enclave.kit import bootstrap
 from enclave.kit.bootstrap import PREDICATE_TYPE, STATEMENT, STATEMENT_TYPE
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import canonical, format_time
 
 REQUIREMENTS = "requirements.txt"
 INSTALL = "install.sh"

@@ -23,7 +23,6 @@ from pathlib import Path
 from enclave.bundle.digest import digest_files
 from enclave.bundle.statement import BundleStatement
 from enclave.bundle.tarformat import CONTENT_PREFIX, ENVELOPE_NAME
-from enclave.bundle.verify import check_signatures
 from enclave.errors import EnclaveError, IntegrityError, ProvisionError, TrustError, UsageError
 from enclave.fileio import read_regular, require_regular
 from enclave.kit import bootstrap
@@ -31,6 +30,7 @@ from enclave.kit.bootstrap import STATEMENT, KitError, Statement
 from enclave.kit.build import REQUIREMENTS
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 PIP_TIMEOUT = 1800  # seconds
 _ERRORS: dict[int, type[EnclaveError]] = {2: UsageError, 3: IntegrityError, 4: TrustError}
@@ -49,8 +49,9 @@ def _envelope(path: Path, root: TrustRoot, now: datetime) -> tuple[Envelope, tup
     envelope = Envelope.from_json(read_regular(path, "signed statement", MAX_ENVELOPE), str(path))
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise TrustError(f"{path}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}")
-    root.check(now)
-    check = check_signatures(envelope, root, str(path))
+    trusted = TrustedRoot(root, now)
+    trusted.check_current()
+    check = trusted.require("bundle", envelope, str(path))
     return envelope, tuple(k.keyid for k in check.signers)
 
 

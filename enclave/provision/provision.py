@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from enclave.admission import Admission, Admitted
 from enclave.bundle.statement import BundleStatement
 from enclave.bundle.tarformat import CONTENT_PREFIX
-from enclave.bundle.verify import VerifyResult, verify_bundle
 from enclave.errors import ProvisionError, UsageError
-from enclave.provision import cklb, preflight
+from enclave.provision import cklb, gateway_tls, preflight
 from enclave.provision.events import OPEN, ControlResult, HostRun, RunFold, control_results
 from enclave.provision.inventory import Host, Inventory, load_inventory
 from enclave.provision.push import OnBytes, Payload, PushError, PushResult, plan_payload, push
@@ -35,6 +35,7 @@ from enclave.provision.ssh import HostKeyRefused, HostKeyStore, HostUnreachable,
 from enclave.provision.view import ProgressView
 from enclave.trust.keys import PASSPHRASE_ENV, SigningKey
 from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 MAX_PARALLEL_SSH = 16
 Say = Callable[[str], None]
@@ -43,9 +44,9 @@ Say = Callable[[str], None]
 @dataclass
 class Options:
     inventory: Path
-    bundle: Path
-    trust: TrustRoot | None  # None: the root verify_options' state holds
-    now: datetime
+    bundle: Path  # its file, one of its volumes or its volume index
+    admission: Admission  # the state, root, time and receipt signer the bundle is admitted with
+    receipt: Path | None = None  # a copy of the admission's receipt
     check: bool = False
     limit: str | None = None
     report: Path | None = None
@@ -58,20 +59,18 @@ class Options:
     show_progress: bool = True
     stream: TextIO | None = None  # progress and tables (default stderr; silent unless a tty)
     on_bytes: OnBytes | None = None
-    volumes: Sequence[Path] | None = None  # the bundle's files in order (volumes); default [bundle]
-    # Passed to verify_bundle as they are (state, evidence, record: what `bundle verify` uses).
-    verify_options: Mapping[str, Any] = field(default_factory=dict)
-    # Called once with the verification's result, or the error it raised, before any host is
-    # contacted (the CLI records its verification receipt there).
-    on_verified: Callable[[VerifyResult | BaseException], None] | None = None
     # The safety gateway's signing key (a key of the root's audit role) and its passphrase
     # (None: unencrypted): needed when the bundle carries the gateway image. The passphrase
     # reaches the roles through the Ansible process's environment, never a file of the run.
     deploy_key: Path | None = None
     deploy_passphrase: bytes | None = None
-    # Manual attestations (files or directories of them, enclave.evidence.attest): the valid,
+    # Manual attestations (files or directories of them, enclave.trust.attest): the valid,
     # unexpired ones are merged into the checklists; the others are ignored, and said so.
     attestations: Sequence[Path] = ()
+    # The gateways' mutual TLS material (enclave.provision.gateway_tls: the client CA, an
+    # optional CRL, each host's gateway and agent certificates), checked before any host is
+    # contacted. None: the gateways serve plain HTTP, and the report says so.
+    gateway_tls: Path | None = None
 
 
 @dataclass
@@ -112,21 +111,8 @@ def provision(opts: Options, say: Say | None = None) -> Outcome:
     store = HostKeyStore(known_hosts, opts.accept_new_host_keys)
     work = Path(tempfile.mkdtemp(prefix="enclave-provision-"))
     try:
-        try:
-            verified = verify_bundle(
-                list(opts.volumes or [opts.bundle]),
-                opts.trust,
-                opts.now,
-                extract_to=work / "bundle",
-                show_progress=opts.show_progress,
-                **opts.verify_options,
-            )
-        except BaseException as exc:
-            if opts.on_verified is not None:
-                opts.on_verified(exc)
-            raise
-        if opts.on_verified is not None:
-            opts.on_verified(verified)
+        # Before any host is contacted; its receipt is written whatever the outcome.
+        verified = opts.admission.verify(opts.bundle, extract_to=work / "bundle", receipt=opts.receipt)
         statement = verified.statement
         assert verified.extracted_to is not None
         project = playbooks_dir(statement, verified.extracted_to)
@@ -157,6 +143,7 @@ def provision(opts: Options, say: Say | None = None) -> Outcome:
         )
         if opts.attestations:
             report["attestations"] = attested
+        report["gateway"] = _gateway_report(deploy, opts, speak)
         if opts.report:
             write_json(opts.report, report)
         result = Outcome(report, list(outcomes.values()))
@@ -380,9 +367,15 @@ def deploy_secrets(
 ) -> dict[str, Any]:
     """Extra vars that hand the gateway its key and trust root, checked before any host is
     contacted: a bundle that carries the gateway image cannot be deployed without a key of the
-    root's audit role (the gateway would refuse to start: fail closed, but late)."""
+    root's audit role (the gateway would refuse to start: fail closed, but late). With
+    `gateway_tls`, every selected host's certificates are checked here too (gateway_tls)."""
     gateway = gateway_component(opts)
     if not any(c.name == gateway and c.image is not None for c in statement.components):
+        if opts.gateway_tls is not None:
+            raise UsageError(
+                f"{statement.name} {statement.version} carries no safety gateway (image component "
+                f"{gateway}): there is no gateway to give the TLS material in {opts.gateway_tls}"
+            )
         return {}
     if opts.deploy_key is None:
         raise UsageError(
@@ -391,14 +384,40 @@ def deploy_secrets(
         )
     check_policy(statement, root, extracted)
     key = SigningKey.load(opts.deploy_key, opts.deploy_passphrase or b"")
-    if key.keyid not in root.roles["audit"].keyids:
-        raise UsageError(f"{opts.deploy_key}: not a key of the audit role of trust root v{root.version}")
+    TrustedRoot(root, opts.admission.at).require_member("audit", key.public, str(opts.deploy_key))
+    tls = _gateway_tls(statement, opts)
     root_file = work / "root.json"
     root_file.write_bytes(root.to_json())
     return {
         "enclave_deploy_audit_key_src": str(opts.deploy_key.resolve()),
         "enclave_deploy_trust_root_src": str(root_file),
+        **(tls.extravars() if tls is not None else {"enclave_deploy_tls_dir": ""}),
     }
+
+
+def _gateway_tls(statement: BundleStatement, opts: Options) -> gateway_tls.GatewayTLS | None:
+    """The checked TLS material for the selected hosts (None without `gateway_tls`)."""
+    if opts.gateway_tls is None:
+        return None
+    agent = str(opts.extravars.get("enclave_deploy_agent_component", "agent"))
+    return gateway_tls.check_material(
+        opts.gateway_tls,
+        load_inventory(opts.inventory).select(opts.limit),
+        agent=any(c.name == agent and c.image is not None for c in statement.components),
+        passphrase=opts.deploy_passphrase,
+        now=opts.admission.at,  # the one reference time of this run
+        extravars=opts.extravars,
+    )
+
+
+def _gateway_report(deploy: Mapping[str, Any], opts: Options, say: Say) -> dict[str, Any] | None:
+    """The report's `gateway` (None when no gateway was deployed), said in one line too."""
+    if not deploy:
+        return None
+    hosts = load_inventory(opts.inventory).select(opts.limit)
+    entry = gateway_tls.report_entry(deploy, hosts, opts.extravars)
+    say(gateway_tls.summary_line(entry))
+    return entry
 
 
 def _run_playbook(
@@ -475,9 +494,10 @@ def _write_checklists(
 ) -> dict[str, Any]:
     """Write one checklist per host, with the valid attestations merged; returns what was
     applied and what was ignored (and says each ignored one)."""
-    from enclave.evidence import attest
+    from enclave.trust import attest
 
-    valid, ignored = attest.load(opts.attestations, root, opts.now) if opts.attestations else ([], [])
+    at = opts.admission.at
+    valid, ignored = attest.load(opts.attestations, root, at) if opts.attestations else ([], [])
     applied: dict[str, list[attest.Attestation]] = {}
     if opts.checklist_dir is None:
         return {"applied": [], "ignored": [i.to_dict() for i in ignored]}
@@ -514,72 +534,107 @@ def _write_checklists(
 
 def _report(
     opts: Options,
-    verified: VerifyResult,
+    verified: Admitted,
     outcomes: dict[str, HostOutcome],
     run: RunOutcome | None,
     started: datetime,
     seconds: float,
     known_hosts: Path,
 ) -> dict[str, Any]:
-    statement = verified.statement
-    hosts: dict[str, Any] = {}
-    for name, o in outcomes.items():
-        summary = (
-            o.run.summary() if o.run else {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0}
-        )
-        unreachable = bool(o.run.unreachable) if o.run else bool(o.preflight and not o.preflight.reachable)
-        counts: dict[str, int] = {}
-        for result in o.controls.values():
-            counts[result.status] = counts.get(result.status, 0) + 1
-        hosts[name] = {
-            **summary,
-            "unreachable": unreachable,
-            "result": "stopped" if o.stopped else "ok",
-            "reason": o.stopped or None,
-            "tasks": [t.to_dict() for t in o.run.tasks] if o.run else [],
-            "controls": counts,
-            "openFindings": o.open_findings,
-            "container": bool(o.run.context.get("container")) if o.run else None,
-            "preflight": o.preflight.to_dict() if o.preflight else None,
-            "push": o.push.to_dict() if o.push else None,
-            "checklist": str(o.checklist) if o.checklist else None,
-        }
+    hosts = {name: _host_facts(o) for name, o in outcomes.items()}
     return {
         "enclave": "provision-report/v1",
         "mode": "check" if opts.check else "apply",
         "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seconds": round(seconds, 2),
         "controller": socket.gethostname(),
-        "bundle": {
-            "path": str(opts.bundle),
-            "name": statement.name,
-            "version": statement.version,
-            "statementDigest": {"sha256": verified.statement_digest},
-            "signers": [k.keyid for k in verified.signers],
-            "trustRoot": {"version": verified.root.version, "digest": verified.root.digest},
-        },
+        "bundle": _bundle_facts(opts.bundle, verified),
         "inventory": str(opts.inventory),
         "knownHosts": str(known_hosts),
-        "hostKeys": {
-            name: {
-                "address": o.key.known_as,
-                "type": o.key.key_type,
-                "fingerprint": o.key.fingerprint,
-                "firstContact": o.key.first_contact,
-            }
-            for name, o in outcomes.items()
-            if o.key is not None
-        },
-        "ansible": {
-            "ident": run.ident,
-            "status": run.status,
-            "rc": run.rc,
-            "seconds": round(run.seconds, 2),
-            "forks": len([o for o in outcomes.values() if o.run]),
-        }
-        if run
-        else None,
+        "hostKeys": _host_keys(outcomes),
+        "ansible": _ansible_facts(run, outcomes),
         "hosts": hosts,
         "failed": sorted(name for name, o in outcomes.items() if o.stopped),
         "result": "failed" if any(o.stopped for o in outcomes.values()) else "ok",
+    }
+
+
+def _host_facts(o: HostOutcome) -> dict[str, Any]:
+    """One host's report entry: totals, result, tasks, controls, then the artefacts it left."""
+    counts = _control_counts(o.controls)
+    return {
+        **_host_totals(o),
+        "result": "stopped" if o.stopped else "ok",
+        "reason": o.stopped or None,
+        "tasks": [t.to_dict() for t in o.run.tasks] if o.run else [],
+        "controls": counts,
+        "openFindings": o.open_findings,
+        "container": bool(o.run.context.get("container")) if o.run else None,
+        **_host_artefacts(o),
+    }
+
+
+def _host_totals(o: HostOutcome) -> dict[str, Any]:
+    """The host's task totals (zero if the playbook never ran on it) and whether it was unreachable."""
+    summary: dict[str, Any] = (
+        o.run.summary() if o.run else {"ok": 0, "changed": 0, "failed": 0, "skipped": 0, "ignored": 0}
+    )
+    unreachable = bool(o.run.unreachable) if o.run else bool(o.preflight and not o.preflight.reachable)
+    return {**summary, "unreachable": unreachable}
+
+
+def _control_counts(controls: Mapping[str, ControlResult]) -> dict[str, int]:
+    """How many of the host's controls ended in each status."""
+    counts: dict[str, int] = {}
+    for result in controls.values():
+        counts[result.status] = counts.get(result.status, 0) + 1
+    return counts
+
+
+def _host_artefacts(o: HostOutcome) -> dict[str, Any]:
+    """The host's preflight and push records and its checklist's path (None where there is none)."""
+    return {
+        "preflight": o.preflight.to_dict() if o.preflight else None,
+        "push": o.push.to_dict() if o.push else None,
+        "checklist": str(o.checklist) if o.checklist else None,
+    }
+
+
+def _bundle_facts(bundle: Path, verified: Admitted) -> dict[str, Any]:
+    """The verified bundle: its path, name and version, statement digest, signers and trust root."""
+    statement = verified.statement
+    return {
+        "path": str(bundle),
+        "name": statement.name,
+        "version": statement.version,
+        "statementDigest": {"sha256": verified.statement_digest},
+        "signers": [k.keyid for k in verified.signers],
+        "trustRoot": {"version": verified.root.version, "digest": verified.root.digest},
+    }
+
+
+def _host_keys(outcomes: Mapping[str, HostOutcome]) -> dict[str, Any]:
+    """The SSH host key each contacted host presented, and whether it was first contact."""
+    return {
+        name: {
+            "address": o.key.known_as,
+            "type": o.key.key_type,
+            "fingerprint": o.key.fingerprint,
+            "firstContact": o.key.first_contact,
+        }
+        for name, o in outcomes.items()
+        if o.key is not None
+    }
+
+
+def _ansible_facts(run: RunOutcome | None, outcomes: Mapping[str, HostOutcome]) -> dict[str, Any] | None:
+    """The ansible-runner run, if one started: its ident, status, rc, duration and hosts run on."""
+    if not run:
+        return None
+    return {
+        "ident": run.ident,
+        "status": run.status,
+        "rc": run.rc,
+        "seconds": round(run.seconds, 2),
+        "forks": len([o for o in outcomes.values() if o.run]),
     }

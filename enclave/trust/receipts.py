@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave import __version__
+from enclave.canonical import canonical, format_time
 from enclave.errors import (
     MALFORMED_DOCUMENT,
     EnclaveError,
@@ -40,12 +41,11 @@ from enclave.errors import (
     exit_code_of,
 )
 from enclave.fileio import open_regular, os_error
-from enclave.runtime.audit.merkle import leaf_hash
-from enclave.runtime.audit.records import GENESIS_PREV
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import PublicKey, SigningKey
-from enclave.trust.root import TrustRoot, canonical, format_time
+from enclave.trust.merkle import GENESIS_PREV, leaf_hash
+from enclave.trust.root import TrustRoot
 from enclave.trust.state import StateDir, fsync_dir, write_all
 
 RECEIPT_PAYLOAD_TYPE = "application/vnd.enclave.receipt+json"
@@ -473,7 +473,7 @@ def analyse_log(
     report.head = prev
     if report.unsigned and not require_signed:
         report.warnings.append(
-            f"{report.unsigned} receipts are unsigned (no --audit-key when they were made)"
+            f"{report.unsigned} receipts are unsigned (no audit signer when they were made)"
         )
     for witness in witnesses:
         _check_witness(witness, lines, report)

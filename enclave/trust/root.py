@@ -14,16 +14,17 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from securesystemslib.formats import encode_canonical
-
+from enclave.canonical import canonical, format_time, parse_time
 from enclave.errors import (
     MALFORMED_DOCUMENT,
     DocumentLimitError,
     EnclaveError,
+    ExpiredRoot,
+    ThresholdNotMet,
     TrustError,
     UsageError,
 )
@@ -38,25 +39,6 @@ HYBRID_FIELD = "x-enclave-hybrid"
 MAX_ROOT_BYTES = 1 << 20  # a root with dozens of ML-DSA keys is under 200 KB; cap before reading
 SIGNED_FIELDS = {"_type", "spec_version", "version", "expires", "consistent_snapshot", "keys", "roles"}
 _LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})+", re.ASCII)
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def canonical(obj: Any) -> bytes:
-    """OLPC canonical JSON, as TUF signs it."""
-    data = encode_canonical(obj)
-    assert isinstance(data, str)
-    return data.encode("utf-8")
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
-
-
-def parse_time(text: str) -> datetime:
-    try:
-        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise ValueError(f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ") from None
 
 
 @dataclass(frozen=True)
@@ -141,7 +123,7 @@ class TrustRoot:
                 role[HYBRID_FIELD] = True
             roles[name] = role
         if not roles["root"]["keyids"]:
-            raise UsageError("the root role needs at least one key (--root-key)")
+            raise UsageError("the root role needs at least one key")
         return {
             "_type": "root",
             "spec_version": SPEC_VERSION,
@@ -172,6 +154,17 @@ class TrustRoot:
 
     @classmethod
     def _parse(cls, doc: Any, source: str) -> TrustRoot:
+        signed = cls._parse_signed(doc)
+        version = cls._parse_version(signed["version"])
+        expires = parse_time(signed["expires"])
+        keys = cls._parse_keys(signed["keys"])
+        roles = cls._parse_roles(signed["roles"], keys)
+        signatures = cls._parse_signatures(doc["signatures"])
+        return cls(signed, signatures, keys, roles, version, expires, source)
+
+    @staticmethod
+    def _parse_signed(doc: Any) -> dict[str, Any]:
+        """The signed part: exactly TUF's root fields, a 1.x spec_version, no consistent snapshot."""
         if not isinstance(doc, dict) or set(doc) != {"signed", "signatures"}:
             raise ValueError("expected exactly 'signed' and 'signatures'")
         signed = doc["signed"]
@@ -184,58 +177,73 @@ class TrustRoot:
             raise ValueError(f"unsupported TUF spec_version {spec!r} (1.MINOR.PATCH)")
         if signed["consistent_snapshot"] is not False:
             raise ValueError("consistent_snapshot must be false (enclave has no snapshot role)")
-        version = signed["version"]
+        return signed
+
+    @staticmethod
+    def _parse_version(version: Any) -> int:
+        """The root's version: a positive integer."""
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ValueError("version must be a positive integer")
-        expires = parse_time(signed["expires"])
-        keys: dict[str, PublicKey] = {}
-        for keyid, entry in _object(signed["keys"], "keys").items():
-            if set(_object(entry, f"key {keyid[:16]}")) != {"keytype", "scheme", "keyval"}:
-                raise ValueError(f"key {keyid[:16]}: expected exactly keytype, scheme, keyval")
-            if set(_object(entry["keyval"], f"key {keyid[:16]}.keyval")) != {"public"}:
-                raise ValueError(f"key {keyid[:16]}: keyval must hold exactly 'public'")
-            try:
-                key = PublicKey.from_pem(entry["keyval"]["public"].encode("ascii"), f"key {keyid[:16]}")
-            except UsageError as exc:  # a weak curve or unknown key type makes the root invalid (exit 4)
-                raise ValueError(str(exc)) from None
-            if key.keyid != keyid:
-                raise ValueError(f"key {keyid[:16]}: keyid is not SHA-256 of the key's SPKI")
-            if (entry["keytype"], entry["scheme"]) != TUF_KEYTYPE[key.algorithm]:
-                raise ValueError(f"key {keyid[:16]}: keytype/scheme do not match the key")
-            keys[keyid] = key
-        roles: dict[str, Role] = {}
-        if set(_object(signed["roles"], "roles")) != set(ROLES):
+        return version
+
+    @staticmethod
+    def _parse_keys(raw: Any) -> dict[str, PublicKey]:
+        """The keys object: each key valid and listed under its own keyid."""
+        return {keyid: TrustRoot._parse_key(keyid, entry) for keyid, entry in _object(raw, "keys").items()}
+
+    @staticmethod
+    def _parse_key(keyid: str, entry: Any) -> PublicKey:
+        """One key: exact fields, an accepted public key whose keyid and keytype/scheme match it."""
+        if set(_object(entry, f"key {keyid[:16]}")) != {"keytype", "scheme", "keyval"}:
+            raise ValueError(f"key {keyid[:16]}: expected exactly keytype, scheme, keyval")
+        if set(_object(entry["keyval"], f"key {keyid[:16]}.keyval")) != {"public"}:
+            raise ValueError(f"key {keyid[:16]}: keyval must hold exactly 'public'")
+        try:
+            key = PublicKey.from_pem(entry["keyval"]["public"].encode("ascii"), f"key {keyid[:16]}")
+        except UsageError as exc:  # a weak curve or unknown key type makes the root invalid (exit 4)
+            raise ValueError(str(exc)) from None
+        if key.keyid != keyid:
+            raise ValueError(f"key {keyid[:16]}: keyid is not SHA-256 of the key's SPKI")
+        if (entry["keytype"], entry["scheme"]) != TUF_KEYTYPE[key.algorithm]:
+            raise ValueError(f"key {keyid[:16]}: keytype/scheme do not match the key")
+        return key
+
+    @staticmethod
+    def _parse_roles(raw: Any, keys: Mapping[str, PublicKey]) -> dict[str, Role]:
+        """The roles object: exactly enclave's roles, each valid against `keys`."""
+        if set(_object(raw, "roles")) != set(ROLES):
             raise ValueError(f"roles must be exactly {', '.join(ROLES)}")
-        for name, entry in signed["roles"].items():
-            if (
-                not {"keyids", "threshold"}
-                <= set(_object(entry, f"role {name}"))
-                <= {
-                    "keyids",
-                    "threshold",
-                    HYBRID_FIELD,
-                }
-            ):
-                raise ValueError(f"role {name}: expected keyids, threshold and optionally {HYBRID_FIELD}")
-            keyids = entry["keyids"]
-            if not isinstance(keyids, list) or not all(isinstance(k, str) for k in keyids):
-                raise ValueError(f"role {name}: keyids must be a list of strings")
-            threshold = entry["threshold"]
-            if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
-                raise ValueError(f"role {name}: threshold must be an integer of at least 1")
-            if len(set(keyids)) != len(keyids):
-                raise ValueError(f"role {name}: duplicate keyids")
-            unknown = [k for k in keyids if k not in keys]
-            if unknown:
-                raise ValueError(f"role {name}: keyid {unknown[0][:16]} is not in keys")
-            hybrid = entry.get(HYBRID_FIELD, False)
-            if not isinstance(hybrid, bool):
-                raise ValueError(f"role {name}: {HYBRID_FIELD} must be true or false")
-            roles[name] = Role(name, tuple(keyids), threshold, hybrid)
-        signatures: list[tuple[str, bytes]] = []
-        if not isinstance(doc["signatures"], list):
+        return {name: TrustRoot._parse_role(name, entry, keys) for name, entry in raw.items()}
+
+    @staticmethod
+    def _parse_role(name: str, entry: Any, keys: Mapping[str, PublicKey]) -> Role:
+        """One role: distinct known keyids, a threshold of at least 1, an optional hybrid flag."""
+        fields = set(_object(entry, f"role {name}"))
+        if not {"keyids", "threshold"} <= fields <= {"keyids", "threshold", HYBRID_FIELD}:
+            raise ValueError(f"role {name}: expected keyids, threshold and optionally {HYBRID_FIELD}")
+        keyids = entry["keyids"]
+        if not isinstance(keyids, list) or not all(isinstance(k, str) for k in keyids):
+            raise ValueError(f"role {name}: keyids must be a list of strings")
+        threshold = entry["threshold"]
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+            raise ValueError(f"role {name}: threshold must be an integer of at least 1")
+        if len(set(keyids)) != len(keyids):
+            raise ValueError(f"role {name}: duplicate keyids")
+        unknown = [k for k in keyids if k not in keys]
+        if unknown:
+            raise ValueError(f"role {name}: keyid {unknown[0][:16]} is not in keys")
+        hybrid = entry.get(HYBRID_FIELD, False)
+        if not isinstance(hybrid, bool):
+            raise ValueError(f"role {name}: {HYBRID_FIELD} must be true or false")
+        return Role(name, tuple(keyids), threshold, hybrid)
+
+    @staticmethod
+    def _parse_signatures(raw: Any) -> tuple[tuple[str, bytes], ...]:
+        """The signatures: a list of exact {keyid, sig} entries, lowercase hex, one per key."""
+        if not isinstance(raw, list):
             raise ValueError("signatures must be a list")
-        for entry in doc["signatures"]:
+        signatures: list[tuple[str, bytes]] = []
+        for entry in raw:
             if set(_object(entry, "a signature")) != {"keyid", "sig"}:
                 raise ValueError("each signature needs exactly keyid and sig")
             keyid, sig = entry["keyid"], entry["sig"]
@@ -244,7 +252,7 @@ class TrustRoot:
             if any(k == keyid for k, _ in signatures):
                 raise ValueError(f"key {keyid[:16]} signs more than once")
             signatures.append((keyid, bytes.fromhex(sig)))
-        return cls(signed, tuple(signatures), keys, roles, version, expires, source)
+        return tuple(signatures)
 
     # -- checks -------------------------------------------------------------------------------
     @property
@@ -277,13 +285,22 @@ class TrustRoot:
         root may have expired and still be the anchor a rotation starts from, TUF 5.3.4)."""
         signers = self.self_signers()
         if not signers.met:
-            raise TrustError(f"{self.source}: trust root not signed by its root role: {signers.explain()}")
+            raise ThresholdNotMet(
+                f"{self.source}: trust root not signed by its root role: {signers.explain()}",
+                role="root",
+                threshold=signers.role.threshold,
+                valid_keyids=tuple(k.keyid for k in signers.signers),
+            )
 
     def check(self, now: datetime) -> None:
         """Refuse an expired root or one its own root role has not signed to threshold."""
         if now >= self.expires:
-            raise TrustError(
-                f"{self.source}: trust root version {self.version} expired at {format_time(self.expires)}"
+            expires = format_time(self.expires)
+            raise ExpiredRoot(
+                f"{self.source}: trust root version {self.version} expired at {expires}",
+                version=self.version,
+                expires=expires,
+                at=format_time(now),
             )
         self.check_signed()
 
@@ -318,5 +335,5 @@ def sign_document(
 
 def default_expiry(now: datetime, days: int) -> datetime:
     if days < 1:
-        raise UsageError("--expires must be at least 1 day")
+        raise UsageError("a root must be valid for at least 1 day")
     return (now + timedelta(days=days)).replace(microsecond=0)

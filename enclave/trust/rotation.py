@@ -11,10 +11,10 @@ so its updater cannot run these rules for us; they are short enough to state exa
   intermediate root does not matter; an expired final root refuses everything: freeze);
 - revocation is a rotation that drops a key: what only that key signed stops verifying.
 
-A bundle may carry roots in a component of kind `trust`; they are read and applied before
-the bundle's own signatures are checked, so a bundle can be signed by keys that only the
-new root trusts. They are self-authenticating (signed by the old root's keys), so reading
-them before the envelope's signatures are checked trusts nothing unverified.
+A bundle may carry roots in a component of kind `trust` (enclave.bundle.carried reads them);
+trust.trusted applies them before the bundle's own signatures are checked, so a bundle can be
+signed by keys that only the new root trusts. They are self-authenticating (signed by the old
+root's keys), so reading them before the envelope's signatures are checked trusts nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from enclave.bundle.source import ArchiveSource
-from enclave.bundle.statement import BundleStatement
-from enclave.bundle.tarformat import member_header, member_span
-from enclave.errors import EnclaveError, TrustError, UnsafeArchiveError, UsageError
+from enclave.errors import RotationRefused, TrustError, UsageError
 from enclave.trust.keys import PublicKey
-from enclave.trust.root import MAX_ROOT_BYTES, ROLES, RoleCheck, TrustRoot
+from enclave.trust.root import ROLES, RoleCheck, TrustRoot
 
 MAX_ROTATIONS = 256  # python-tuf's default bound on root rotations in one update
 
@@ -38,22 +35,27 @@ MAX_ROTATIONS = 256  # python-tuf's default bound on root rotations in one updat
 # -- the rules ----------------------------------------------------------------------------------------
 def check_successor(trusted: TrustRoot, new: TrustRoot) -> None:
     """Refuse `new` unless it is a valid rotation of `trusted` (TUF 5.3.4, steps 3-5)."""
+
+    def refuse(reason: str) -> RotationRefused:
+        return RotationRefused(
+            f"{new.source}: {reason}", trusted_version=trusted.version, offered_version=new.version
+        )
+
     if new.version != trusted.version + 1:
-        raise TrustError(
-            f"{new.source}: trust root version {new.version} does not follow version {trusted.version} "
+        raise refuse(
+            f"trust root version {new.version} does not follow version {trusted.version} "
             f"(only version {trusted.version + 1} can be applied next)"
         )
     by_old = new.self_signers(by=trusted)
     if not by_old.met:
-        raise TrustError(
-            f"{new.source}: trust root v{new.version} is not signed by a threshold of the root keys "
+        raise refuse(
+            f"trust root v{new.version} is not signed by a threshold of the root keys "
             f"of v{trusted.version}: {by_old.explain()}"
         )
     by_new = new.self_signers()
     if not by_new.met:
-        raise TrustError(
-            f"{new.source}: trust root v{new.version} is not signed by a threshold of its own "
-            f"root keys: {by_new.explain()}"
+        raise refuse(
+            f"trust root v{new.version} is not signed by a threshold of its own root keys: {by_new.explain()}"
         )
 
 
@@ -70,15 +72,19 @@ def apply_chain(trusted: TrustRoot, candidates: Sequence[TrustRoot]) -> TrustRoo
     for root in candidates:
         other = by_version.get(root.version)
         if other is not None and other.digest != root.digest:
-            raise TrustError(
-                f"{root.source} and {other.source}: two different trust roots of version {root.version}"
+            raise RotationRefused(
+                f"{root.source} and {other.source}: two different trust roots of version {root.version}",
+                trusted_version=trusted.version,
+                offered_version=root.version,
             )
         by_version[root.version] = root
     same = by_version.get(trusted.version)
     if same is not None and same.digest != trusted.digest:
-        raise TrustError(
+        raise RotationRefused(
             f"{same.source}: trust root version {same.version} differs from the trusted root of that "
-            "version (a fork: two roots claim one version)"
+            "version (a fork: two roots claim one version)",
+            trusted_version=trusted.version,
+            offered_version=same.version,
         )
     current = trusted
     for version in sorted(v for v in by_version if v > trusted.version):
@@ -103,42 +109,6 @@ def skipped_roots(trusted: TrustRoot, candidates: Sequence[TrustRoot]) -> list[s
     return notes
 
 
-@dataclass(frozen=True)
-class Resolution:
-    root: TrustRoot
-    note: str
-
-
-def resolve(stored: TrustRoot | None, given: TrustRoot | None) -> Resolution:
-    """The root to start from, given the one kept in the state directory and the one named
-    on the command line. The stored root wins unless `given` is a valid rotation of it: a root
-    once rotated away (a revoked key) never comes back by passing an old root.json."""
-    if stored is None and given is None:
-        raise UsageError("no trust root: give --trust ROOT, or store one with `enclave trust update`")
-    if stored is None:
-        assert given is not None
-        given.check_signed()
-        return Resolution(given, f"trust root v{given.version} from {given.source} (none stored yet)")
-    if given is None or given.digest == stored.digest:
-        return Resolution(stored, f"trust root v{stored.version} stored in {stored.source}")
-    if given.version < stored.version:
-        return Resolution(
-            stored,
-            f"trust root v{stored.version} stored in {stored.source} "
-            f"(--trust {given.source} is v{given.version}, rotated away since)",
-        )
-    if given.version == stored.version:
-        raise TrustError(
-            f"{given.source}: trust root v{given.version} differs from the v{stored.version} stored in "
-            f"{stored.source} (a new root must be a rotation: enclave trust rotate; or remove the stored "
-            "root deliberately)"
-        )
-    rotated = apply_chain(stored, [given])
-    return Resolution(
-        rotated, f"trust root v{stored.version} stored, rotated to v{rotated.version} by {given.source}"
-    )
-
-
 # -- authoring (the low side) -------------------------------------------------------------------------
 def next_root(
     old: TrustRoot,
@@ -151,7 +121,7 @@ def next_root(
     (from every role), plus `add`ed keys. Validated as `trust init` validates a new root."""
     unknown = [k for k in revoke if k not in old.keys]
     if unknown:
-        raise UsageError(f"--revoke: key {unknown[0][:16]} is not in trust root v{old.version}")
+        raise UsageError(f"revoke: key {unknown[0][:16]} is not in trust root v{old.version}")
     role_keys: dict[str, list[PublicKey]] = {}
     for name in ROLES:
         kept = [old.keys[k] for k in old.roles[name].keyids if k not in revoke]
@@ -199,36 +169,3 @@ def rotation_status(old: TrustRoot, new: TrustRoot) -> RotationStatus:
     if new.version != old.version + 1:
         raise UsageError(f"{new.source}: version {new.version} does not follow {old.source} v{old.version}")
     return RotationStatus(new.self_signers(by=old), new.self_signers())
-
-
-# -- roots carried in a bundle ----------------------------------------------------------------------
-def roots_in_bundle(source: ArchiveSource, envelope_end: int, payload: bytes) -> list[TrustRoot]:
-    """The roots in the bundle's `trust` components, located through the (not yet trusted)
-    statement. An unreadable statement yields none: the signature check decides about it.
-    Each root is parsed strictly; `apply_chain` then authenticates it against the trusted root."""
-    try:
-        statement = BundleStatement.from_payload(payload)
-    except EnclaveError:
-        return []
-    wanted = {name for c in statement.components if c.kind == "trust" for name in c.members}
-    if not wanted:
-        return []
-    if len(wanted) > MAX_ROTATIONS:
-        raise TrustError(f"{source.name}: {len(wanted)} trust roots: more than {MAX_ROTATIONS} rotations")
-    roots: list[TrustRoot] = []
-    offset = envelope_end
-    mtime = statement.mtime
-    for member in statement.members:
-        if member.name in wanted:
-            if member.size > MAX_ROOT_BYTES:
-                raise UnsafeArchiveError(
-                    f"member {member.name!r}: trust root of {member.size} bytes exceeds "
-                    f"the {MAX_ROOT_BYTES} byte cap"
-                )
-            header = member_header(member.name, member.size, member.mode, mtime)
-            if source.read_exact(offset, len(header), f"the header of {member.name}") != header:
-                raise TrustError(f"member {member.name!r}: not where the statement places it")
-            data = source.read_exact(offset + len(header), member.size, member.name)
-            roots.append(TrustRoot.from_json(data, f"{source.name}: {member.name}", UnsafeArchiveError))
-        offset += member_span(member.name, member.size, member.mode, mtime)
-    return roots

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enclave.errors import MALFORMED_DOCUMENT, RollbackError, TrustError, UsageError
+from enclave.canonical import canonical
+from enclave.errors import MALFORMED_DOCUMENT, RollbackError, RollbackRefused, TrustError, UsageError
 from enclave.strictjson import strict_json
-from enclave.trust.root import MAX_ROOT_BYTES, TrustRoot, canonical
+from enclave.trust.root import MAX_ROOT_BYTES, TrustRoot
 
 DEFAULT_STATE_DIR = Path("/var/lib/enclave")
 STATE_ENV = "ENCLAVE_STATE_DIR"
@@ -109,34 +110,44 @@ class RollbackState:
     bundles: Mapping[str, Accepted] = field(default_factory=dict)
 
     def check(self, name: str, version: str, statement_digest: str, root_version: int) -> str:
-        """Raise RollbackError unless `name` `version` may be accepted; returns the decision."""
+        """Raise RollbackRefused unless `name` `version` may be accepted; returns the decision."""
         try:
             candidate = SemVer.parse(version)
         except ValueError as exc:
-            raise RollbackError(f"bundle {name}: {exc}: the rollback check cannot run") from None
-        if root_version < self.root_version:
-            raise RollbackError(
-                f"trust root version {root_version} is older than version {self.root_version} "
-                "already trusted here (root rollback)"
-            )
+            raise RollbackRefused(
+                f"bundle {name}: {exc}: the rollback check cannot run",
+                name=name,
+                version=version,
+                accepted=None,
+            ) from None
+        self._check_root(root_version)
         known = self.bundles.get(name)
         if known is None:
             return f"rollback: first version of {name} seen here"
         if root_version < known.root_version:
-            raise RollbackError(
+            raise RollbackRefused(
                 f"bundle {name}: trust root version {root_version} is older than version "
-                f"{known.root_version} that accepted {known.version}"
+                f"{known.root_version} that accepted {known.version}",
+                name=name,
+                version=version,
+                accepted=known.version,
             )
         accepted = SemVer.parse(known.version)
         if candidate < accepted:
-            raise RollbackError(
-                f"bundle {name}: version {version} is older than {known.version} already accepted (rollback)"
+            raise RollbackRefused(
+                f"bundle {name}: version {version} is older than {known.version} already accepted (rollback)",
+                name=name,
+                version=version,
+                accepted=known.version,
             )
         if candidate.same_precedence(accepted):
             if statement_digest != known.statement_digest:
-                raise RollbackError(
+                raise RollbackRefused(
                     f"bundle {name}: version {version} was accepted before with different content "
-                    f"(statement sha256 {known.statement_digest[:16]}, now {statement_digest[:16]})"
+                    f"(statement sha256 {known.statement_digest[:16]}, now {statement_digest[:16]})",
+                    name=name,
+                    version=version,
+                    accepted=known.version,
                 )
             return f"rollback: {name} {version} is the version already accepted (same content)"
         return f"rollback: {name} {version} is newer than {known.version}"
@@ -150,12 +161,18 @@ class RollbackState:
         return RollbackState(max(self.root_version, root_version), bundles)
 
     def with_root(self, root_version: int) -> RollbackState:
-        if root_version < self.root_version:
-            raise RollbackError(
-                f"trust root version {root_version} is older than version {self.root_version} "
-                "already trusted here (root rollback)"
-            )
+        self._check_root(root_version)
         return RollbackState(root_version, self.bundles)
+
+    def _check_root(self, root_version: int) -> None:
+        if root_version < self.root_version:
+            raise RollbackRefused(
+                f"trust root version {root_version} is older than version {self.root_version} "
+                "already trusted here (root rollback)",
+                name=None,
+                version=None,
+                accepted=None,
+            )
 
     def _body(self) -> dict[str, Any]:
         return {
@@ -273,7 +290,7 @@ class StateDir:
         if not path.is_dir():
             raise UsageError(f"{path}: the state directory is not a directory")
         if not os.access(path, os.W_OK):
-            raise UsageError(f"{path}: the state directory is not writable (use --state-dir or {STATE_ENV})")
+            raise UsageError(f"{path}: the state directory is not writable (use another, or set {STATE_ENV})")
         return cls(path)
 
     @classmethod
@@ -284,7 +301,7 @@ class StateDir:
         path = path or default_state_dir()
         if not path.is_dir():
             what = "not a directory" if path.exists() else "does not exist"
-            raise UsageError(f"{path}: {what}: no state directory there (check --state-dir or {STATE_ENV})")
+            raise UsageError(f"{path}: {what}: no state directory there (check the path, or {STATE_ENV})")
         return cls(path)
 
     @contextlib.contextmanager

@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,14 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
-from enclave.bundle.build import build_bundle
+from enclave.admission import Admission
 from enclave.bundle.source import ArchiveSource
 from enclave.bundle.statement import BundleStatement
 from enclave.bundle.verify import read_envelope
 from enclave.cli import main
 from enclave.demo import model_weights
 from enclave.errors import IntegrityError, ProvisionError
+from enclave.images.collect import build_bundle
 from enclave.images.load import load_bundle_images
 from enclave.images.reference import IMAGES, BuiltImage, build_images
 from enclave.testbed.image import ensure_image
@@ -168,7 +168,7 @@ def test_round_trip_loads_the_signed_image(
     engine.images.remove(ref)
     assert absent(engine, ref)
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
-    result = load_bundle_images([bundle], root, datetime.now(UTC), show_progress=False)
+    result = load_bundle_images(Admission(trust=root), bundle)
 
     assert [(i.component, i.record.id) for i in result.images] == [("app", original.id)]
     assert engine.images.get(ref).id == original.id
@@ -205,7 +205,7 @@ def test_tampered_layer_is_refused_before_anything_is_loaded(
     before = image_ids(engine)
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
     with pytest.raises(IntegrityError) as caught:
-        load_bundle_images([tampered], root, datetime.now(UTC), show_progress=False)
+        load_bundle_images(Admission(trust=root), tampered)
     assert caught.value.exit_code == 3
     assert f"member {layer!r}" in str(caught.value) and "digest mismatch" in str(caught.value)
     # Neither image reached the engine, not even the intact first one.
@@ -215,7 +215,7 @@ def test_tampered_layer_is_refused_before_anything_is_loaded(
     assert list(cache.iterdir()) == []
 
     # The intact bundle loads both (and restores the images for the other tests).
-    result = load_bundle_images([bundle], root, datetime.now(UTC), show_progress=False)
+    result = load_bundle_images(Admission(trust=root), bundle)
     assert {i.component: i.record.id for i in result.images} == {"first": ids["a"], "second": ids["b"]}
 
 
@@ -241,10 +241,7 @@ def test_engine_that_does_not_answer_fails_before_verification(
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
     with pytest.raises(ProvisionError) as caught:
         load_bundle_images(
-            [tmp_path / "never-read.bundle"],
-            root,
-            datetime.now(UTC),
-            engine="unix:///nonexistent/docker.sock",
+            Admission(trust=root), tmp_path / "never-read.bundle", engine="unix:///nonexistent/docker.sock"
         )
     assert caught.value.exit_code == 7
     assert str(caught.value).startswith("unix:///nonexistent/docker.sock: no Docker engine answers")
@@ -320,14 +317,14 @@ def test_load_into_an_engine_over_ssh(
     bundle = build_bundle(source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
     engine.images.remove(ref)
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
-    result = load_bundle_images([bundle], root, datetime.now(UTC), engine=ssh_engine, show_progress=False)
+    result = load_bundle_images(Admission(trust=root), bundle, engine=ssh_engine)
     assert [i.record.id for i in result.images] == [image_id]
     assert engine.images.get(ref).id == image_id  # the engine behind that sshd
 
     # Host-key checking is on: the same engine behind an unknown host key is refused.
     (Path(os.environ["HOME"]) / ".ssh" / "known_hosts").write_text("")
     with pytest.raises(ProvisionError) as caught:
-        load_bundle_images([bundle], root, datetime.now(UTC), engine=ssh_engine, show_progress=False)
+        load_bundle_images(Admission(trust=root), bundle, engine=ssh_engine)
     assert caught.value.exit_code == 7 and "not found in known_hosts" in str(caught.value)
 
 
@@ -489,7 +486,7 @@ def test_reference_images_round_trip_through_a_bundle(
     built = time.monotonic() - started
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
     started = time.monotonic()
-    result = load_bundle_images([bundle], root, datetime.now(UTC), show_progress=False)
+    result = load_bundle_images(Admission(trust=root), bundle)
     loaded = time.monotonic() - started
     print(f"reference bundle: {bundle.stat().st_size} bytes, build {built:.1f} s, verify+load {loaded:.1f} s")
     assert {i.record.ref: i.record.id for i in result.images} == {b.ref: b.id for b in reference.values()}

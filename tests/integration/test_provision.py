@@ -16,7 +16,6 @@ import shlex
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ import jsonschema
 import paramiko
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import ProvisionError
 from enclave.provision import Options, provision
 from enclave.provision.inventory import load_inventory
@@ -86,8 +85,7 @@ class Env:
         return Options(
             inventory=self.testbed.inventory,
             bundle=self.bundle,
-            trust=self.root,
-            now=datetime.now(UTC),
+            admission=Admission(trust=self.root),
             report=out / "report.json",
             checklist_dir=out / "cklb",
             show_progress=False,
@@ -193,9 +191,7 @@ def test_a_missing_auditd_is_an_open_finding_not_a_crash(env: Env) -> None:
 
 
 def test_an_interrupted_push_resumes(env: Env, tmp_path: Path) -> None:
-    verified = verify_bundle(
-        [env.bundle], env.root, datetime.now(UTC), extract_to=tmp_path / "x", show_progress=False
-    )
+    verified = Admission(trust=env.root).verify(env.bundle, extract_to=tmp_path / "x")
     payload = plan_payload(verified.statement, tmp_path / "x")
     weights = next(f for f in payload.files if f.name.endswith("model.gguf"))
     host = load_inventory(env.testbed.inventory).select("host2")[0]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -29,9 +28,8 @@ from packageurl import PackageURL
 from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.signer import Key, SSlibKey  # type: ignore[attr-defined]
 
-from enclave.bundle.build import build_bundle
-from enclave.bundle.verify import verify_bundle
-from enclave.trust.root import TrustRoot
+from enclave.admission import Admission
+from enclave.images.collect import build_bundle
 from tests.conftest import Keys, make_root
 
 pytestmark = pytest.mark.integration
@@ -81,9 +79,7 @@ def test_every_document_checks_with_standard_tools(
     )
     root_path = make_root(keys, tmp_path / "root.json")
     tree = tmp_path / "published"
-    verify_bundle(
-        [bundle], TrustRoot.load(root_path), datetime.now(UTC), extract_to=tree, show_progress=False
-    )
+    Admission(trust=root_path).verify(bundle, extract_to=tree)
 
     # CycloneDX: schema-valid; the image is a container whose hash is its manifest blob's SHA-256
     sbom_text = (tree / "sbom.cdx.json").read_text()

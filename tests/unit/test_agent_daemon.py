@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from enclave.errors import IntegrityError, PolicyError, ProvisionError, TrustError, UsageError
+from enclave.errors import (
+    IntegrityError,
+    KeyNotInRole,
+    PolicyError,
+    ProvisionError,
+    TrustError,
+    UsageError,
+)
 from enclave.runtime.agent import Agent, check_once, run
 from enclave.runtime.agent.daemon import AgentReport, run_round_once
 from enclave.runtime.audit import AuditLog, LogVerificationError, verify_log
@@ -214,7 +222,8 @@ def test_startup_refuses_what_it_cannot_honour(site: Site, tmp_path: Path, keys:
         Agent.prepare(site.config(gateway="ftp://x", canaries=canaries))
     with pytest.raises(UsageError, match="not a directory"):
         Agent.prepare(site.config(bundle_dir=tmp_path / "nope"))
-    with pytest.raises(TrustError, match="not in the audit role"):
+    stray = re.escape(f"{keys.path('ecdsa')}: key {keys.ecdsa.keyid[:16]}")
+    with pytest.raises(KeyNotInRole, match=f"^{stray} is not a key of the audit role of trust root v1$"):
         Agent.prepare(site.config(audit_key=keys.path("ecdsa")))
     with pytest.raises(UsageError, match="cannot read key"):
         Agent.prepare(site.config(audit_key=tmp_path / "absent.key"))

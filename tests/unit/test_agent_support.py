@@ -1,5 +1,5 @@
 """Shared helpers for the monitoring agent's tests: a real bundle, built, signed (ECDSA P-384 +
-ML-DSA-87) and published with `verify_bundle(extract_to=...)`, a trust root with bundle and
+ML-DSA-87) and published with `Admission(...).verify(extract_to=...)`, a trust root with bundle and
 audit roles, real hardening files, and the agent's real audit log.
 
 (Named test_* only so it sits among the files it serves; it defines no tests.)
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from enclave.bundle.verify import verify_bundle
+from enclave.admission import Admission
 from enclave.runtime.agent.daemon import AgentConfig
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot, sign_document
@@ -95,7 +95,7 @@ def deploy(keys: Keys, build: BuildFn, tmp_path: Path) -> Site:
         audit.write(key_path, None)
     root = make_agent_root(keys, tmp_path / "agent-root.json", audit)
     tree = tmp_path / "deployed"
-    verify_bundle([bundle], TrustRoot.load(root), datetime.now(UTC), extract_to=tree, show_progress=False)
+    Admission(trust=root).verify(bundle, extract_to=tree)
     (tmp_path / "var").mkdir()
     etc = tmp_path / "etc"
     return Site(tree, bundle, root, key_path, tmp_path / "var" / "agent.log", etc, make_etc(etc))

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
 from enclave.bundle.tarformat import ENVELOPE_NAME, MAX_EXTENDED_HEADER, check_name, member_header
-from enclave.bundle.verify import verify_bundle
 from enclave.bundle.volumes import split_bundle
 from enclave.cli import main
 from enclave.errors import EnclaveError, IntegrityError, UnsafeArchiveError
@@ -140,7 +140,7 @@ def test_a_chained_extended_header_is_refused_before_it_is_read(root_path: Path,
         tracemalloc.start()
         try:
             with pytest.raises(UnsafeArchiveError, match="extended header"):
-                verify_bundle([bundle], root, NOW, show_progress=False)
+                Admission(trust=root, at=NOW).verify(bundle)
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -249,10 +249,10 @@ def test_envelope_over_its_cap_is_an_unsafe_archive(build: BuildFn, root_path: P
 def test_total_size_cap_is_inclusive(build: BuildFn, root_path: Path) -> None:
     bundle = build()
     root = TrustRoot.load(root_path)
-    total = verify_bundle([bundle], root, NOW, show_progress=False).statement.total_size
-    assert verify_bundle([bundle], root, NOW, max_bytes=total, show_progress=False)
+    total = Admission(trust=root, at=NOW).verify(bundle).statement.total_size
+    assert Admission(trust=root, at=NOW, max_bytes=total).verify(bundle)
     with pytest.raises(UnsafeArchiveError, match="exceed the"):
-        verify_bundle([bundle], root, NOW, max_bytes=total - 1, show_progress=False)
+        Admission(trust=root, at=NOW, max_bytes=total - 1).verify(bundle)
 
 
 def test_member_over_2_to_the_50_is_an_unsafe_archive(
@@ -278,12 +278,7 @@ def test_content_order_is_enforced(build: BuildFn, keys: Keys, root_path: Path, 
             members[n], subjects[n] = by_name[name]
 
     with pytest.raises(IntegrityError, match="not sorted"):
-        verify_bundle(
-            [resign(build(), keys, tmp_path / "t.bundle", edit)],
-            TrustRoot.load(root_path),
-            NOW,
-            show_progress=False,
-        )
+        Admission(trust=root_path, at=NOW).verify(resign(build(), keys, tmp_path / "t.bundle", edit))
 
 
 def test_sbom_provenance_and_model_signatures_are_not_required_by_verify(

@@ -22,7 +22,6 @@ import pytest
 from enclave.cli import main
 from enclave.errors import IntegrityError
 from enclave.runtime.audit import AuditLog, LogVerificationError, verify_log
-from enclave.runtime.audit.merkle import leaf_hash
 from enclave.runtime.audit.records import TAIL_ACCEPTED, TreeHead, encode, now_text
 from enclave.runtime.audit.verify import checkpoints_path
 from enclave.runtime.gateway import requester_headers
@@ -35,6 +34,7 @@ from enclave.runtime.gateway.approvals import (
 from enclave.runtime.gateway.inspect import BadRequest, parse_body
 from enclave.trust.dsse import Envelope
 from enclave.trust.keys import SigningKey
+from enclave.trust.merkle import leaf_hash
 from tests.unit.test_audit_log import lines, put, write_log
 from tests.unit.test_gateway_http import CHAT, HELD_PROMPT, post, serving
 from tests.unit.test_gateway_support import (

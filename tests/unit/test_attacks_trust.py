@@ -19,9 +19,10 @@ import pytest
 
 from enclave.bundle.statement import NAME, BundleStatement
 from enclave.bundle.volumes import split_bundle, write_index
+from enclave.canonical import canonical
 from enclave.cli import main
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
-from enclave.trust.root import TrustRoot, canonical
+from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys, RotateFn, make_root
 from tests.tarsurgery import join, resign, split
 from tests.unit.test_rotation import raw_root

@@ -24,12 +24,12 @@ from enclave.runtime.audit import (
     export,
     verify_log,
 )
-from enclave.runtime.audit.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from enclave.runtime.audit.records import CHECKPOINT_PAYLOAD_TYPE, TreeHead, encode, now_text
 from enclave.runtime.audit.verify import check_log, checkpoints_path
 from enclave.runtime.audit.writer import LINGER_SECONDS
 from enclave.trust.dsse import Envelope
 from enclave.trust.keys import SigningKey
+from enclave.trust.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from tests.unit.test_gateway_support import Trust, make_trust, run
 
 START = {

@@ -7,7 +7,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enclave.runtime.audit.merkle import (
+from enclave.trust.merkle import (
     EMPTY_ROOT,
     CompactRange,
     MerkleTree,

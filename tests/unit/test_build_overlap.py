@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle import build as build_module
 from enclave.bundle.build import sign_bundle
 from enclave.bundle.output import DIRECT_ALIGN, WRITE_BLOCK, direct_suits, open_output
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import UsageError
-from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys, write_inputs
 
 NOW = datetime.now(UTC)
@@ -102,7 +101,7 @@ def test_mispredicted_head_falls_back_to_an_identical_bundle(
     assert bundle.read_bytes() == expected
     assert not list(bundle.parent.glob(".*partial*"))
     sign_bundle(bundle, keys.mldsa, show_progress=False)  # the hybrid rule needs ML-DSA too
-    verify_bundle([bundle], TrustRoot.load(root_path), NOW, show_progress=False, record=False)
+    Admission(trust=root_path, at=NOW).verify(bundle)
 
 
 def test_prediction_differs_only_in_signatures(build: BuildFn, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,9 +199,7 @@ def test_extraction_of_awkward_sizes_is_exact(tmp_path: Path, keys: Keys, root_p
         targets.append(Path("/dev/shm") / f"enclave-test-{os.getpid()}-{tmp_path.name}")
     for target in targets:
         try:
-            verify_bundle(
-                [bundle], TrustRoot.load(root_path), NOW, extract_to=target, show_progress=False, record=False
-            )
+            Admission(trust=root_path, at=NOW).verify(bundle, extract_to=target)
             for name in sizes:
                 out = target / "content" / "w" / name
                 assert out.read_bytes() == (src / "w" / name).read_bytes(), (target, name)

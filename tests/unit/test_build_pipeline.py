@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle import build as build_module
 from enclave.bundle.digest import FileDigest, digest_files, stream_digests
 from enclave.bundle.output import DIRECT_ALIGN, open_output
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import UsageError
-from enclave.trust.root import TrustRoot
 from tests.conftest import Keys
 
 KIB = 1024
@@ -299,7 +298,7 @@ def test_single_read_and_two_read_builds_are_identical(
     assert len(streamed) == 2  # a.gguf and d.bin were read once, by the first build only
     assert bundles[0].read_bytes() == bundles[1].read_bytes()
     build_module.sign_bundle(bundles[0], keys.mldsa, show_progress=False)
-    verify_bundle([bundles[0]], TrustRoot.load(root_path), NOW, show_progress=False, record=False)
+    Admission(trust=root_path, at=NOW).verify(bundles[0])
 
 
 def test_a_mispredicted_head_after_a_single_read_build_gives_the_same_bundle(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.bundle.verify import verify_bundle
+from enclave.admission import Admission
 from enclave.cli import main
 from enclave.errors import EnclaveError
 from enclave.trust.root import TrustRoot
@@ -220,12 +220,12 @@ def test_random_byte_flips_never_verify(
     candidate = cache / "fuzzed.bundle"
     candidate.write_bytes(bytes(blob))
     with pytest.raises(EnclaveError):
-        verify_bundle([candidate], root, NOW, show_progress=False)
+        Admission(trust=root, at=NOW).verify(candidate)
 
 
 def test_content_flip_names_the_member_and_chunk(build: BuildFn, root_path: Path, tmp_path: Path) -> None:
     bundle = join(_flip_content(split(build())), tmp_path / "t.bundle")
     pattern = r"content/weights/model.gguf'?: chunk 1 digest mismatch"
     with pytest.raises(EnclaveError, match=pattern) as caught:
-        verify_bundle([bundle], TrustRoot.load(root_path), NOW, show_progress=False)
+        Admission(trust=root_path, at=NOW).verify(bundle)
     assert caught.value.exit_code == 3

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.build import sign_bundle
 from enclave.bundle.digest import digest_files
 from enclave.bundle.inspect import inspect_bundle
-from enclave.bundle.verify import verify_bundle
-from enclave.errors import TrustError
+from enclave.errors import ThresholdNotMet, TrustError
 from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys, write_inputs
 from tests.tarsurgery import split
@@ -28,7 +28,7 @@ def test_round_trip_publishes_exact_tree(
 ) -> None:
     bundle = build(digest=digest)
     target = tmp_path / "published"
-    result = verify_bundle([bundle], TrustRoot.load(root_path), NOW, extract_to=target, show_progress=False)
+    result = Admission(trust=root_path, at=NOW).verify(bundle, extract_to=target)
     assert result.statement.digest == digest
     source = bundle.parent.parent / bundle.parent.name.replace("out", "src")
     for rel in [
@@ -90,12 +90,12 @@ def test_cosign_meets_hybrid_threshold_without_touching_content(
     bundle = build(signers=(keys.ecdsa,))
     root = TrustRoot.load(root_path)
     before = split(bundle)
-    with pytest.raises(TrustError, match="hybrid"):
-        verify_bundle([bundle], root, NOW, show_progress=False)
+    with pytest.raises(ThresholdNotMet, match="hybrid"):
+        Admission(trust=root, at=NOW).verify(bundle)
     sign_bundle(bundle, keys.mldsa, show_progress=False)
     after = split(bundle)
     assert [(p.header, p.data) for p in before[1:]] == [(p.header, p.data) for p in after[1:]]
-    result = verify_bundle([bundle], root, NOW, show_progress=False)
+    result = Admission(trust=root, at=NOW).verify(bundle)
     assert {k.keyid for k in result.signers} == {keys.ecdsa.keyid, keys.mldsa.keyid}
 
 

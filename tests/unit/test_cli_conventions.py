@@ -223,7 +223,7 @@ def test_an_interrupted_verification_leaves_a_receipt(
         raise KeyboardInterrupt
 
     bundle = build()
-    monkeypatch.setattr("enclave.bundle.verify.verify_bundle", interrupted)
+    monkeypatch.setattr("enclave.admission.check_archive", interrupted)  # mid-hashing
     code, _out, err = verify(capsys, bundle, root_path)
     receipt = _last_receipt(state_dir)
     assert code == 130 == receipt["exitCode"] and receipt["result"] == "failed" and "interrupted" in err

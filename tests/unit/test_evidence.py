@@ -38,11 +38,11 @@ import pytest
 
 from enclave import cli
 from enclave.bundle.build import build_bundle
-from enclave.evidence import attest
 from enclave.evidence.facts import OF_DECISION
 from enclave.provision import cklb
 from enclave.provision.events import ControlResult
 from enclave.runtime.gateway import approve, requester_headers
+from enclave.trust import attest
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot, sign_document
 from tests.conftest import write_inputs
@@ -457,6 +457,7 @@ def test_attest_command_signs_for_an_approver_only(made: Made, tmp_path: Path) -
 
 def test_provision_merges_attestations_into_its_checklists(made: Made, tmp_path: Path) -> None:
     """provision's checklist writer: the valid attestation applies, the others are said."""
+    from enclave.admission import Admission
     from enclave.provision.inventory import Host
     from enclave.provision.provision import HostOutcome, Options, _write_checklists
 
@@ -466,8 +467,7 @@ def test_provision_merges_attestations_into_its_checklists(made: Made, tmp_path:
     opts = Options(
         inventory=tmp_path / "inv.yml",
         bundle=tmp_path / "b.bundle",
-        trust=None,
-        now=datetime.now(UTC),
+        admission=Admission(),
         checklist_dir=tmp_path / "cklb",
         attestations=[made.work / "attestations"],
     )

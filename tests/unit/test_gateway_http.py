@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from enclave.errors import IntegrityError, PolicyError, TrustError, UsageError
+from enclave.errors import IntegrityError, KeyNotInRole, PolicyError, UsageError
 from enclave.runtime.audit import verify_log
 from enclave.runtime.gateway import approve, fetch_held, requester_headers
 from enclave.runtime.gateway.server import RunningGateway, prepare
@@ -326,7 +327,8 @@ def test_startup_refuses_what_it_cannot_honour(tmp_path: Path, trust: Trust) -> 
     few = make_trust(tmp_path / "few", approvers=2)
     with pytest.raises(PolicyError, match="need 2 approvers besides the requester"):
         prepare(DEFAULT_POLICY, up, log, few.audit_path, few.root)
-    with pytest.raises(TrustError, match="not in the audit role"):
+    stray = re.escape(f"{trust.key_path(1)}: key {trust.approvers[1].keyid[:16]}")
+    with pytest.raises(KeyNotInRole, match=f"^{stray} is not a key of the audit role of trust root v1$"):
         prepare(DEFAULT_POLICY, up, log, trust.key_path(1), trust.root)
     with pytest.raises(UsageError, match="--listen"):
         prepare(DEFAULT_POLICY, up, log, trust.audit_path, trust.root, "nohost")

@@ -17,8 +17,6 @@ import pytest
 from enclave.cli import main
 from enclave.errors import PolicyError, UsageError
 from enclave.guard import features
-from enclave.guard.corpus import load_corpus
-from enclave.guard.evaluate import evaluate, wilson
 from enclave.guard.model import (
     CARD,
     DATA_FILES,
@@ -30,7 +28,9 @@ from enclave.guard.model import (
     file_digest,
     load_guard,
 )
-from enclave.guard.train import Settings, train, write_guard
+from enclave.guardtools.corpus import load_corpus
+from enclave.guardtools.evaluate import evaluate, wilson
+from enclave.guardtools.train import Settings, train, write_guard
 from enclave.runtime.gateway.decide import decide, judge_answer
 from enclave.runtime.gateway.policy import load_policy
 

@@ -360,8 +360,7 @@ def test_every_image_is_checked_before_any_is_loaded(tmp_path: Path) -> None:
 
 
 def test_no_engine_means_nothing_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datetime import UTC, datetime
-
+    from enclave.admission import Admission
     from enclave.images.load import load_bundle_images
 
     def no_engine(url: str | None) -> Any:
@@ -370,9 +369,7 @@ def test_no_engine_means_nothing_is_read(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     with pytest.raises(ProvisionError, match="no Docker engine answers"):
         # The bundle does not even exist: the engine is asked first.
-        load_bundle_images(
-            [tmp_path / "missing.bundle"], None, datetime.now(UTC), "unix:///x", connector=no_engine
-        )
+        load_bundle_images(Admission(), tmp_path / "missing.bundle", "unix:///x", connector=no_engine)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -97,7 +97,7 @@ def test_invalid_roots_are_refused(edit: str, keys: Keys, tmp_path: Path) -> Non
     elif edit == "unknown_role":
         doc["signed"]["roles"]["targets"] = {"keyids": [], "threshold": 1}
     elif edit == "wrong_signer":
-        from enclave.trust.root import canonical
+        from enclave.canonical import canonical
 
         doc["signatures"] = [
             {"keyid": keys.root.keyid, "sig": keys.stranger.sign(canonical(doc["signed"])).hex()}

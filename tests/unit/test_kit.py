@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from enclave.canonical import canonical
 from enclave.cli import main
 from enclave.errors import EnclaveError, IntegrityError, TrustError, UsageError
 from enclave.kit import bootstrap
@@ -24,7 +25,7 @@ from enclave.kit.build import build_kit, platform_tags
 from enclave.kit.install import install_kit, kit_in_bundle, verify_kit
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import TrustRoot, canonical
+from enclave.trust.root import TrustRoot
 from tests.conftest import Keys, make_root
 from tests.unit.test_sbom import validate
 

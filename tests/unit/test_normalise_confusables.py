@@ -13,15 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from enclave import normalise
 from enclave.errors import IntegrityError
-from enclave.runtime.gateway import gen_confusables, normalise
-from enclave.runtime.gateway.normalise import (
-    CONFUSABLES_PATH,
-    NORMALISATION,
-    confusables,
-    fold,
-    skeleton_tokens,
-)
+from enclave.normalise import CONFUSABLES_PATH, NORMALISATION, confusables, fold, skeleton_tokens
+from enclave.runtime.gateway import gen_confusables
 from enclave.runtime.gateway.policy import Policy, load_policy
 from tests.unit.test_gateway_support import DEFAULT_POLICY
 

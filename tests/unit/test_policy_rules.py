@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from enclave.normalise import skeleton_tokens, squeeze
 from enclave.runtime.gateway.matcher import Matcher, within_window
-from enclave.runtime.gateway.normalise import skeleton_tokens, squeeze
 from enclave.runtime.gateway.policy import Policy, load_policy
 from tests.unit.test_gateway_support import DEFAULT_POLICY
 

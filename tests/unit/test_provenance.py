@@ -22,12 +22,12 @@ from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import Key, SSlibKey  # type: ignore[attr-defined]
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
 from enclave.bundle.inspect import document_lines, inspect_bundle
 from enclave.bundle.modelsig import parse_signature
 from enclave.bundle.provenance import BUILD_TYPE, BUILDER_ID, parse_provenance, provenance_signers
 from enclave.bundle.statement import BundleStatement
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import IntegrityError
 from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys, write_inputs
@@ -48,7 +48,7 @@ def ecdsa_keys_from_root(root_path: Path) -> list[Key]:
 
 
 def extract(bundle: Path, root_path: Path, target: Path) -> Path:
-    verify_bundle([bundle], TrustRoot.load(root_path), NOW, extract_to=target, show_progress=False)
+    Admission(trust=root_path, at=NOW).verify(bundle, extract_to=target)
     return target
 
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.build import SourceFile, _hash_inputs, _plain_wanted
 from enclave.bundle.digest import combine, digest_files
 from enclave.bundle.statement import BundleStatement, ComponentEntry, Member
-from enclave.bundle.verify import verify_bundle
 from enclave.errors import EnclaveError, IntegrityError
-from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys
 from tests.tarsurgery import resign
 
@@ -137,7 +136,7 @@ def test_verify_refuses_a_signed_statement_without_the_plain_digest(
 ) -> None:
     bundle = resign(build(), keys, tmp_path / "t.bundle", lambda s: _weights(s).pop("plainDigest"))
     with pytest.raises(EnclaveError, match="plainDigest is missing") as caught:
-        verify_bundle([bundle], TrustRoot.load(root_path), NOW, show_progress=False)
+        Admission(trust=root_path, at=NOW).verify(bundle)
     assert caught.value.exit_code == 3
 
 
@@ -150,7 +149,7 @@ def test_plain_digest_is_an_attestation_that_standard_tools_check(
     that differs from what was signed is never accepted either way: the chunks bind it."""
     bundle = resign(build(), keys, tmp_path / "t.bundle", lambda s: _weights(s).update(plainDigest="0" * 96))
     target = tmp_path / "x"
-    result = verify_bundle([bundle], TrustRoot.load(root_path), NOW, extract_to=target, show_progress=False)
+    result = Admission(trust=root_path, at=NOW).verify(bundle, extract_to=target)
     signed = next(m for m in result.statement.members if m.name == "content/weights/model.gguf")
     actual = hashlib.sha384((target / "content/weights/model.gguf").read_bytes()).hexdigest()
     assert signed.plain == "0" * 96 != actual

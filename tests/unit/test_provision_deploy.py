@@ -3,13 +3,15 @@ before any host is contacted when the bundle carries the safety gateway."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member
-from enclave.errors import PolicyError, UsageError
+from enclave.errors import KeyNotInRole, PolicyError, UsageError
 from enclave.provision import Options
 from enclave.provision.provision import deploy_secrets, deploy_vars, served_model_file
 from enclave.provision.push import Payload
@@ -49,7 +51,7 @@ PAYLOAD = Payload("/var/lib/enclave/incoming/assistant-1.2.3", "sha384", 1 << 20
 
 
 def options(key: Path | None) -> Options:
-    return Options(inventory=Path("inv"), bundle=Path("b"), trust=None, now=datetime.now(UTC), deploy_key=key)
+    return Options(inventory=Path("inv"), bundle=Path("b"), admission=Admission(), deploy_key=key)
 
 
 def root_with_audit(keys: Keys, audit: SigningKey, approvers: int = 3) -> TrustRoot:
@@ -119,7 +121,8 @@ def test_the_gateway_needs_a_key_of_the_audit_role(keys: Keys, tmp_path: Path, e
     root = root_with_audit(keys, keys.ecdsa2)
     with pytest.raises(UsageError, match=r"carries the safety gateway \(image component gateway\)"):
         deploy_secrets(s, root, options(None), tmp_path, extracted)
-    with pytest.raises(UsageError, match=r"stranger: not a key of the audit role"):
+    stray = re.escape(f"{keys.path('stranger')}: key {keys.stranger.keyid[:16]}")
+    with pytest.raises(KeyNotInRole, match=f"^{stray} is not a key of the audit role of trust root v1$"):
         deploy_secrets(s, root, options(keys.path("stranger")), tmp_path, extracted)
     out = deploy_secrets(s, root, options(keys.path("ecdsa2")), tmp_path, extracted)
     assert out["enclave_deploy_audit_key_src"] == str(keys.path("ecdsa2").resolve())

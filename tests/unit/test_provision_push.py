@@ -11,14 +11,13 @@ import shutil
 import stat
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.digest import combine, hash_range
 from enclave.bundle.tarformat import ENVELOPE_NAME
-from enclave.bundle.verify import verify_bundle
 from enclave.provision import hostside
 from enclave.provision.push import (
     HOSTSIDE_SOURCE,
@@ -32,7 +31,6 @@ from enclave.provision.push import (
     remaining_bytes,
     resume_offset,
 )
-from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn
 
 MIB = 1024 * 1024
@@ -41,9 +39,7 @@ MIB = 1024 * 1024
 @pytest.fixture
 def payload(build: BuildFn, root_path: Path, tmp_path: Path) -> Payload:
     bundle = build()
-    result = verify_bundle(
-        [bundle], TrustRoot.load(root_path), datetime.now(UTC), extract_to=tmp_path / "x", show_progress=False
-    )
+    result = Admission(trust=root_path).verify(bundle, extract_to=tmp_path / "x")
     return plan_payload(result.statement, tmp_path / "x")
 
 

@@ -1,4 +1,5 @@
-"""Verification receipts: content, signatures, the hash-chained log and its tampering."""
+"""Verification receipts: content, signatures, the hash-chained log and its tampering; through
+the library (Admission, verify_receipt_log), then `test_cli_*` end to end."""
 
 from __future__ import annotations
 
@@ -10,9 +11,22 @@ from typing import Any
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.cli import main
+from enclave.errors import (
+    EnclaveError,
+    IntegrityError,
+    KeyNotInRole,
+    RollbackRefused,
+    ThresholdNotMet,
+    TrustError,
+    UsageError,
+)
 from enclave.trust.keys import SigningKey
+from enclave.trust.merkle import leaf_hash
+from enclave.trust.receipts import ReceiptReport, verify_receipt_log
 from enclave.trust.root import TrustRoot, sign_document
+from enclave.trust.state import StateDir
 from tests.conftest import BuildFn, Keys
 
 
@@ -52,6 +66,16 @@ def payload(line: bytes) -> dict[str, Any]:
     return doc
 
 
+def check_log(
+    state_dir: Path, trust: Path | None = None, require_signed: bool = False, witnesses: tuple[Path, ...] = ()
+) -> ReceiptReport:
+    """`receipts verify` as a library call: the log checked against the stored root (or `trust`)."""
+    state = StateDir(state_dir)
+    root = TrustRoot.load(trust) if trust else state.read_root()
+    assert root is not None
+    return verify_receipt_log(state.receipts_path, root, require_signed, witnesses)
+
+
 def test_receipt_of_a_verified_bundle(
     build: BuildFn,
     keys: Keys,
@@ -62,9 +86,11 @@ def test_receipt_of_a_verified_bundle(
 ) -> None:
     bundle = build()
     out = tmp_path / "receipt.json"
-    args = ["bundle", "verify", str(bundle), "--trust", str(audited_root)]
-    assert main([*args, "--receipt", str(out), "--audit-key", str(audit_key[1])]) == 0
+    admitted = Admission(state_dir, audited_root, audit_signer=audit_key[0]).verify(bundle, receipt=out)
     (line,) = lines(state_dir)
+    assert admitted.receipt == {"seq": 0, "hash": leaf_hash(line).hex()}
+    assert admitted.receipt_log == state_dir / "receipts.log" and admitted.receipt_file == out
+    assert admitted.receipt_signed
     assert out.read_bytes() == line + b"\n", "the receipt file is its log line"
     envelope = json.loads(line)
     assert [s["keyid"] for s in envelope["signatures"]] == [audit_key[0].keyid]
@@ -75,6 +101,7 @@ def test_receipt_of_a_verified_bundle(
     assert receipt["bundle"]["digestOf"] == "statement"
     statement = base64.b64decode(json.loads(_envelope_member(bundle))["payload"])
     assert receipt["bundle"]["digest"]["sha256"] == hashlib.sha256(statement).hexdigest()
+    assert admitted.statement_digest == receipt["bundle"]["digest"]["sha256"]
     assert {(s["keyid"], tuple(s["roles"])) for s in receipt["signers"]} == {
         (keys.ecdsa.keyid, ("bundle",)),
         (keys.mldsa.keyid, ("bundle",)),
@@ -84,8 +111,10 @@ def test_receipt_of_a_verified_bundle(
     assert receipt["mode"] == "admission" and receipt["time"].endswith("Z")
     assert any(c.startswith("content:") for c in receipt["checks"])
     assert any(c.startswith("rollback:") for c in receipt["checks"])
+    assert receipt["checks"] == admitted.checks
     assert receipt["log"] == {"seq": 0, "prev": "0" * 64}
-    assert main(["receipts", "verify", "--require-signed"]) == 0
+    report = check_log(state_dir, require_signed=True)
+    assert (report.receipts, report.signed, report.verified) == (1, 1, 1)
 
 
 def _envelope_member(bundle: Path) -> bytes:
@@ -102,10 +131,13 @@ def test_receipt_of_a_failed_verification(
 ) -> None:
     bundle = build(signers=(keys.stranger, keys.mldsa))
     out = tmp_path / "receipt.json"
-    assert main(["bundle", "verify", str(bundle), "--trust", str(root_path), "--receipt", str(out)]) == 4
+    with pytest.raises(ThresholdNotMet) as caught:
+        Admission(state_dir, root_path).verify(bundle, receipt=out)
+    assert caught.value.untrusted_keyids == (keys.stranger.keyid,)
     receipt = payload(out.read_bytes().rstrip(b"\n"))
-    assert receipt["result"] == "failed" and receipt["exitCode"] == 4
-    assert receipt["error"]["type"] == "TrustError" and "not accepted" in receipt["error"]["message"]
+    assert receipt["result"] == "failed" and receipt["exitCode"] == 4 == caught.value.exit_code
+    assert receipt["error"]["type"] == "ThresholdNotMet" and "not accepted" in receipt["error"]["message"]
+    assert receipt["error"]["message"] == str(caught.value)
     assert receipt["bundle"]["signatureKeyids"] == [keys.stranger.keyid, keys.mldsa.keyid]
     assert receipt["bundle"]["name"] is None, "unsigned claims are not recorded as facts"
     assert receipt["signers"] == []
@@ -116,40 +148,50 @@ def test_receipt_of_a_file_that_is_no_bundle_names_its_bytes(
 ) -> None:
     junk = tmp_path / "junk.bundle"
     junk.write_bytes(b"not a tar at all" * 100)
-    assert main(["bundle", "verify", str(junk), "--trust", str(root_path)]) == 3
+    with pytest.raises(IntegrityError) as caught:
+        Admission(state_dir, root_path).verify(junk)
     receipt = payload(lines(state_dir)[0])
     assert receipt["bundle"]["digestOf"] == "files"
     assert receipt["bundle"]["digest"]["sha256"] == hashlib.sha256(junk.read_bytes()).hexdigest()
-    assert receipt["exitCode"] == 3
+    assert receipt["exitCode"] == 3 == caught.value.exit_code
 
 
 def test_every_verification_is_chained(build: BuildFn, keys: Keys, root_path: Path, state_dir: Path) -> None:
     good = build(version="2.0.0")
-    assert main(["bundle", "verify", str(good), "--trust", str(root_path)]) == 0
-    assert main(["bundle", "verify", str(build(version="1.0.0")), "--trust", str(root_path)]) == 5
-    assert main(["bundle", "verify", str(good), "--trust", str(root_path)]) == 0
+    admission = Admission(state_dir, root_path)
+    assert admission.verify(good).receipt["seq"] == 0  # type: ignore[index]
+    with pytest.raises(RollbackRefused):
+        admission.verify(build(version="1.0.0"))
+    assert admission.verify(good).receipt["seq"] == 2  # type: ignore[index]
     chain = lines(state_dir)
     assert [payload(line)["exitCode"] for line in chain] == [0, 5, 0]
     assert [payload(line)["log"]["seq"] for line in chain] == [0, 1, 2]
-    assert main(["receipts", "verify", "--trust", str(root_path)]) == 0
-    assert main(["receipts", "verify", "--trust", str(root_path), "--require-signed"]) == 4
+    assert payload(chain[1])["error"]["type"] == "RollbackRefused"
+    report = check_log(state_dir, trust=root_path)
+    assert (report.receipts, report.unsigned, report.verified, report.failed) == (3, 3, 2, 1)
+    with pytest.raises(TrustError, match="receipt is not signed") as caught:
+        check_log(state_dir, trust=root_path, require_signed=True)
+    assert caught.value.exit_code == 4
 
 
 def test_audit_key_outside_the_audit_role_is_refused(
     build: BuildFn, keys: Keys, root_path: Path, state_dir: Path
 ) -> None:
-    args = [
-        "bundle",
-        "verify",
-        str(build()),
-        "--trust",
-        str(root_path),
-        "--audit-key",
-        str(keys.path("ecdsa")),
-    ]
-    assert main(args) == 2
+    with pytest.raises(KeyNotInRole) as caught:
+        Admission(state_dir, root_path, audit_signer=keys.ecdsa).verify(build())
+    error = caught.value
+    assert error.exit_code == 2 and (error.keyid, error.role, error.root_version) == (
+        keys.ecdsa.keyid,
+        "audit",
+        1,
+    )
+    assert (
+        str(error)
+        == f"audit signer: key {keys.ecdsa.keyid[:16]} is not a key of the audit role of trust root v1"
+    )
     (line,) = lines(state_dir)
     assert json.loads(line)["signatures"] == [] and payload(line)["exitCode"] == 2
+    assert payload(line)["error"]["type"] == "KeyNotInRole"
 
 
 def test_existing_receipt_file_is_never_overwritten(
@@ -157,7 +199,9 @@ def test_existing_receipt_file_is_never_overwritten(
 ) -> None:
     out = tmp_path / "receipt.json"
     out.write_text("earlier evidence")
-    assert main(["bundle", "verify", str(build()), "--trust", str(root_path), "--receipt", str(out)]) == 2
+    with pytest.raises(UsageError, match="already exists") as caught:
+        Admission(state_dir, root_path).verify(build(), receipt=out)
+    assert caught.value.exit_code == 2
     assert out.read_text() == "earlier evidence"
     assert not (state_dir / "receipts.log").exists(), "refused before verifying"
 
@@ -167,11 +211,10 @@ def signed_log(
     build: BuildFn, audited_root: Path, audit_key: tuple[SigningKey, Path], tmp_path: Path, state_dir: Path
 ) -> Path:
     """Three signed receipts; the second one's file is kept as a witness."""
+    admission = Admission(state_dir, audited_root, audit_signer=audit_key[0])
     for version in ("1.0.0", "1.1.0", "1.2.0"):
-        args = ["bundle", "verify", str(build(version=version)), "--trust", str(audited_root)]
-        args += ["--audit-key", str(audit_key[1]), "--receipt", str(tmp_path / f"r-{version}.json")]
-        assert main(args) == 0
-    assert main(["receipts", "verify", "--require-signed"]) == 0
+        admission.verify(build(version=version), receipt=tmp_path / f"r-{version}.json")
+    assert check_log(state_dir, require_signed=True).signed == 3
     return state_dir / "receipts.log"
 
 
@@ -184,40 +227,42 @@ def _edit_payload(line: bytes, change: Any) -> bytes:
     envelope = json.loads(line)
     doc = payload(line)
     change(doc)
-    from enclave.trust.root import canonical
+    from enclave.canonical import canonical
 
     envelope["payload"] = base64.b64encode(canonical(doc)).decode()
     return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
 
 
-TAMPERING = {
-    "receipt deleted": (lambda c: [c[0], c[2]], 3),
-    "receipts reordered": (lambda c: [c[1], c[0], c[2]], 3),
-    "receipt duplicated": (lambda c: [c[0], c[1], c[1], c[2]], 3),
+TAMPERING: dict[str, tuple[Any, type[EnclaveError]]] = {
+    "receipt deleted": (lambda c: [c[0], c[2]], IntegrityError),
+    "receipts reordered": (lambda c: [c[1], c[0], c[2]], IntegrityError),
+    "receipt duplicated": (lambda c: [c[0], c[1], c[1], c[2]], IntegrityError),
     "result changed in the middle (chain broken)": (
         lambda c: [c[0], _edit_payload(c[1], lambda d: d.update(result="failed")), c[2]],
-        3,
+        IntegrityError,
     ),
     "result changed in the last receipt (signature broken)": (
         lambda c: [c[0], c[1], _edit_payload(c[2], lambda d: d.update(result="failed"))],
-        4,
+        TrustError,
     ),
     "signature removed": (
         lambda c: [c[0], c[1].replace(json.loads(c[1])["signatures"][0]["sig"].encode(), b""), c[2]],
-        3,
+        IntegrityError,
     ),
-    "line garbled": (lambda c: [c[0], c[1][:-5], c[2]], 3),
+    "line garbled": (lambda c: [c[0], c[1][:-5], c[2]], IntegrityError),
 }
 
 
 @pytest.mark.parametrize("case", list(TAMPERING))
-def test_tampered_log_is_detected(case: str, signed_log: Path) -> None:
-    edit, code = TAMPERING[case]
+def test_tampered_log_is_detected(case: str, signed_log: Path, state_dir: Path) -> None:
+    edit, error = TAMPERING[case]
     _rewrite(signed_log, edit)
-    assert main(["receipts", "verify"]) == code
+    with pytest.raises(error, match="receipt log does not verify") as caught:
+        check_log(state_dir)
+    assert caught.value.exit_code == {IntegrityError: 3, TrustError: 4}[error]
 
 
-def test_receipt_signed_by_a_stranger_is_refused(signed_log: Path, keys: Keys) -> None:
+def test_receipt_signed_by_a_stranger_is_refused(signed_log: Path, keys: Keys, state_dir: Path) -> None:
     from enclave.trust.dsse import Envelope
 
     def resign(line: bytes) -> bytes:
@@ -227,33 +272,73 @@ def test_receipt_signed_by_a_stranger_is_refused(signed_log: Path, keys: Keys) -
         return envelope.to_json()
 
     _rewrite(signed_log, lambda c: [c[0], c[1], resign(c[2])])
-    assert main(["receipts", "verify"]) == 4
+    with pytest.raises(TrustError, match="receipt not signed by the audit role") as caught:
+        check_log(state_dir)
+    assert caught.value.exit_code == 4
 
 
-def test_truncation_is_seen_against_a_witness(signed_log: Path, tmp_path: Path) -> None:
+def test_truncation_is_seen_against_a_witness(signed_log: Path, tmp_path: Path, state_dir: Path) -> None:
     _rewrite(signed_log, lambda c: c[:1])
-    assert main(["receipts", "verify"]) == 0  # alone, a shorter chain is still a valid chain
-    assert main(["receipts", "verify", "--witness", str(tmp_path / "r-1.1.0.json")]) == 3
+    assert check_log(state_dir).receipts == 1  # alone, a shorter chain is still a valid chain
+    with pytest.raises(IntegrityError, match="receipt 1 is missing") as caught:
+        check_log(state_dir, witnesses=(tmp_path / "r-1.1.0.json",))
+    assert caught.value.exit_code == 3
     _rewrite(signed_log, lambda c: c)
-    assert main(["receipts", "verify", "--witness", str(tmp_path / "r-1.0.0.json")]) == 0
+    assert check_log(state_dir, witnesses=(tmp_path / "r-1.0.0.json",)).receipts == 1
 
 
 def test_torn_last_line_is_recovered_and_recorded(
-    signed_log: Path, build: BuildFn, audited_root: Path
+    signed_log: Path, build: BuildFn, audited_root: Path, state_dir: Path
 ) -> None:
     with signed_log.open("ab") as handle:
         handle.write(b'{"payload":"eyJf')  # a crash cut an append short
-    assert main(["receipts", "verify"]) == 0  # a warning, not a failure: it was never acknowledged
-    assert main(["bundle", "verify", str(build(version="2.0.0")), "--trust", str(audited_root)]) == 0
+    report = check_log(state_dir)  # a warning, not a failure: it was never acknowledged
+    assert report.receipts == 3 and any("incomplete line" in w for w in report.warnings)
+    admitted = Admission(state_dir, audited_root).verify(build(version="2.0.0"))
+    assert admitted.receipt is not None and admitted.receipt["seq"] == 3
     last = payload(signed_log.read_bytes().splitlines()[-1])
     assert last["recovered"] == {"tornBytes": 16} and last["log"]["seq"] == 3
-    assert main(["receipts", "verify"]) == 0
+    assert check_log(state_dir).receipts == 4
 
 
 def test_damaged_log_end_refuses_verification_before_it_starts(
-    signed_log: Path, build: BuildFn, audited_root: Path
+    signed_log: Path, build: BuildFn, audited_root: Path, state_dir: Path
 ) -> None:
     _rewrite(signed_log, lambda c: [c[0], c[1], c[2][:40]])
     bundle = build(version="3.0.0")
-    assert main(["bundle", "verify", str(bundle), "--trust", str(audited_root)]) == 3
+    with pytest.raises(IntegrityError) as caught:
+        Admission(state_dir, audited_root).verify(bundle)
+    assert caught.value.exit_code == 3
     assert len(signed_log.read_bytes().splitlines()) == 3, "nothing appended to a damaged log"
+    assert "3.0.0" not in (state_dir / "rollback.json").read_text(), "nothing admitted either"
+
+
+# -- the commands end to end ------------------------------------------------------------------------
+def test_cli_receipts_exit_codes_and_output(
+    build: BuildFn,
+    keys: Keys,
+    audited_root: Path,
+    audit_key: tuple[SigningKey, Path],
+    tmp_path: Path,
+    state_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """bundle verify --receipt --audit-key (0, then 4 with its receipt), receipts verify (0, then 3)."""
+    verify = ["bundle", "verify", "--trust", str(audited_root), "--audit-key", str(audit_key[1])]
+    out = tmp_path / "receipt.json"
+    assert main([*verify, str(build()), "--receipt", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["receipt"]["seq"] == 0 and doc["receipt"]["signed"] is True
+    assert doc["receipt"]["path"] == str(out) and doc["receipt"]["log"] == str(state_dir / "receipts.log")
+    refused = tmp_path / "refused.json"
+    assert main([*verify, str(build(signers=(keys.stranger, keys.mldsa))), "--receipt", str(refused)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bundle signatures not accepted" in err
+    receipt = payload(refused.read_bytes().rstrip(b"\n"))
+    assert receipt["exitCode"] == 4 and receipt["error"]["type"] == "ThresholdNotMet"
+    assert main(["receipts", "verify", "--require-signed", "--witness", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "2 receipts, hash chain intact" in shown and "1 verifications passed, 1 failed" in shown
+    _rewrite(state_dir / "receipts.log", lambda c: [c[1]])
+    assert main(["receipts", "verify"]) == 3
+    assert capsys.readouterr().err.count("\n") == 1

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import struct
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
 from enclave.bundle.modelcard import gguf_metadata
 from enclave.bundle.sbom import build_sbom
 from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord, Member
-from enclave.bundle.verify import verify_bundle
-from enclave.trust.root import TrustRoot
 from tests.conftest import BuildFn, Keys, write_inputs
 from tests.tarsurgery import split
 
@@ -216,7 +214,5 @@ def test_sbom_is_deterministic_and_names_the_bundle(build: BuildFn, root_path: P
     assert doc["metadata"]["timestamp"] == statement.created
     # and the SBOM that verification publishes is these bytes
     target = tmp_path / "x"
-    verify_bundle(
-        [bundle], TrustRoot.load(root_path), datetime.now(UTC), extract_to=target, show_progress=False
-    )
+    Admission(trust=root_path).verify(bundle, extract_to=target)
     assert (target / "sbom.cdx.json").read_bytes() == sbom

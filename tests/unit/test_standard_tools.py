@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,9 @@ from google.protobuf import json_format
 from model_signing import hashing
 from model_signing._signing.signing import Payload
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
 from enclave.bundle.modelsig import payload_for
-from enclave.bundle.verify import verify_bundle
-from enclave.trust.root import TrustRoot
 from tests.conftest import Keys
 
 MIB = 1 << 20
@@ -63,9 +61,7 @@ def bundle_tree(keys: Keys, root_path: Path, tmp_path: Path, digest: str = "sha3
         src / "bundle.yaml", tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False
     )
     target = tmp_path / "published"
-    verify_bundle(
-        [bundle], TrustRoot.load(root_path), datetime.now(UTC), extract_to=target, show_progress=False
-    )
+    Admission(trust=root_path).verify(bundle, extract_to=target)
     return target
 
 

@@ -10,18 +10,16 @@ import shutil
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from enclave.admission import Admission
 from enclave.bundle.build import build_bundle
 from enclave.bundle.statement import BundleStatement, Member
 from enclave.bundle.store import ContentStore
-from enclave.bundle.verify import verify_bundle
 from enclave.cli import main
 from enclave.errors import IntegrityError
-from enclave.trust.root import TrustRoot
 from enclave.trust.state import StateDir
 from tests.conftest import MANIFEST, BuildFn, Keys, write_inputs
 from tests.tarsurgery import Part, join, split
@@ -212,14 +210,7 @@ def test_failed_verification_keeps_nothing(
     target = (tmp_path if where == "same filesystem" else shm) / "x"
     state = StateDir.open(tmp_path / "state")
     with pytest.raises(IntegrityError, match="digest mismatch"):
-        verify_bundle(
-            [bundle],
-            TrustRoot.load(root_path),
-            datetime.now(UTC),
-            extract_to=target,
-            show_progress=False,
-            state=state,
-        )
+        Admission(state, trust=root_path).verify(bundle, extract_to=target)
     store = ContentStore.under(tmp_path / "state")
     assert not store.path.exists()  # not even the directory: it was made for this run
     assert not target.exists() and not list(target.parent.glob(".x.staging-*"))
@@ -228,11 +219,8 @@ def test_failed_verification_keeps_nothing(
 # A verifier killed (SIGKILL) while it links: after the first file object, before the record.
 _KILLED_IN_COMMIT = """
 import os, signal, sys
-from datetime import UTC, datetime
 from pathlib import Path
-from enclave.bundle.verify import verify_bundle
-from enclave.trust.root import TrustRoot
-from enclave.trust.state import StateDir
+from enclave.admission import Admission
 original = os.link
 def link(source, target, **kwargs):
     original(source, target, **kwargs)
@@ -240,8 +228,7 @@ def link(source, target, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 os.link = link
 bundle, root, state, target = map(Path, sys.argv[1:])
-verify_bundle([bundle], TrustRoot.load(root), datetime.now(UTC), extract_to=target,
-              show_progress=False, state=StateDir.open(state))
+Admission(state, trust=root).verify(bundle, extract_to=target)
 """
 
 

@@ -164,16 +164,13 @@ def test_killed_verify_leaves_nothing_published_and_rerun_succeeds(
 # A verifier whose chunk writes are slowed down, so the kill lands mid-extraction.
 _SLOW_VERIFY = """
 import sys, time
-from datetime import UTC, datetime
 from pathlib import Path
+from enclave.admission import Admission
 from enclave.bundle import verify as v
-from enclave.trust.root import TrustRoot
 original = v._ContentCheck._write
 def slow(self, *args):
     time.sleep(0.5)
     return original(self, *args)
 v._ContentCheck._write = slow
-root = TrustRoot.load(Path(sys.argv[2]))
-target = Path(sys.argv[3])
-v.verify_bundle([Path(sys.argv[1])], root, datetime.now(UTC), extract_to=target, show_progress=False)
+Admission(trust=Path(sys.argv[2])).verify(Path(sys.argv[1]), extract_to=Path(sys.argv[3]))
 """

@@ -9,6 +9,11 @@ the Docker SDK, file scans) runs in threads so `/metrics` answers during a long 
 
 The agent writes its own log file: one writer per log (the writer holds a lock), so it
 never shares the gateway's.
+
+With TLS (`AgentTLS`: the enclave CA, the agent's service certificate and key, the CRL) the agent
+presents its certificate to the gateway for canaries, trusts only the enclave CA for the
+gateway's, and serves `/metrics` and `/healthz` over TLS 1.3: `/metrics` to `service` and
+`auditor` certificates only (the gateway's rule), `/healthz` to anyone (health checks).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import math
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 import enclave
-from enclave.errors import EnclaveError, IntegrityError, TrustError, UsageError
+from enclave.errors import EnclaveError, IntegrityError, UsageError
 from enclave.runtime.agent import hardening
 from enclave.runtime.agent.canaries import CanarySet, check_canaries, check_gateway_url, load_canaries
 from enclave.runtime.agent.images import check_images, default_client
@@ -37,13 +43,64 @@ from enclave.runtime.agent.metrics import AgentMetrics, application
 from enclave.runtime.agent.results import CheckResult, first_failure, not_applicable
 from enclave.runtime.audit.records import parse_record
 from enclave.runtime.audit.writer import AuditLog, AuditUnavailable
+from enclave.runtime.gateway.access import Authenticator, AuthFailure
 from enclave.runtime.gateway.server import parse_listen
-from enclave.trust.keys import SigningKey
+from enclave.trust.keys import SigningKey, passphrase_for
 from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 DEFAULT_LISTEN = "127.0.0.1:9108"
 DEFAULT_INTERVAL = 600.0  # seconds; 8 GB of weights re-hash in 7-25 s on 2 cores (docs/GATEWAY.md 10.6)
 STOP_REASON = "stopped"
+OBSERVERS = ("service", "auditor")  # who may read /metrics over TLS (as on the gateway)
+
+
+@dataclass(frozen=True)
+class AgentTLS:
+    """Mutual TLS for the agent (docs/GATEWAY.md 10.9). `ca` is the enclave CA: the gateway's
+    certificate must chain to it, and so must a /metrics caller's. `cert`/`key`: the agent's
+    service certificate (ENCLAVE_KEY_PASSPHRASE if encrypted), presented to the gateway and,
+    issued with --host, served on /metrics. `crl`: refuses revoked callers of /metrics."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    crl: Path | None = None
+
+    def check(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "ca": str(self.ca),
+            "cert": str(self.cert) if self.cert else None,
+            "crl": str(self.crl) if self.crl else None,
+        }
+
+
+@dataclass(frozen=True)
+class _Contexts:
+    client: ssl.SSLContext | None = None  # to the gateway
+    server: ssl.SSLContext | None = None  # /metrics and /healthz
+    callers: Authenticator | None = None  # who calls /metrics
+
+
+def _contexts(tls: AgentTLS | None) -> _Contexts:
+    """Every TLS file loaded at start (fail closed: a bad certificate or key stops the agent)."""
+    if tls is None:
+        return _Contexts()
+    from enclave.identity.tls import client_context, server_context
+
+    tls.check()
+    if tls.cert is None or tls.key is None:
+        return _Contexts(client_context(tls.ca))
+    passphrase = passphrase_for(tls.key)  # asked once for both contexts
+    return _Contexts(
+        client_context(tls.ca, tls.cert, tls.key, passphrase=passphrase),
+        server_context(tls.cert, tls.key, tls.ca, passphrase=passphrase),
+        Authenticator(tls.ca, tls.crl),
+    )
 
 
 @dataclass(frozen=True)
@@ -64,6 +121,7 @@ class AgentConfig:
     # An operator accepts records at the end of the agent's log that no checkpoint covers (after
     # a crash); the log records the acceptance (docs/GATEWAY.md section 5).
     accept_unproven_tail: bool = False
+    tls: AgentTLS | None = None  # None: plain HTTP to the gateway and on /metrics
 
 
 @dataclass
@@ -102,12 +160,14 @@ class Agent:
         audit: AuditLog,
         canaries: CanarySet | None,
         gateway: str | None,
+        contexts: _Contexts | None = None,
     ) -> None:
         self.config = config
         self.root = root
         self.audit = audit
         self.canaries = canaries
         self.gateway = gateway
+        self.tls = contexts or _Contexts()
         self.metrics = AgentMetrics()
         self.baseline = hardening.baseline_path(config.audit_log)
         self.recorded = _recorded_baseline(config.audit_log, self.baseline)
@@ -120,7 +180,8 @@ class Agent:
         if not math.isfinite(config.interval) or config.interval <= 0:
             raise UsageError(f"--interval {config.interval}: expected a positive number of seconds")
         parse_listen(config.listen)
-        gateway = check_gateway_url(config.gateway) if config.gateway else None
+        contexts = _contexts(config.tls)
+        gateway = check_gateway_url(config.gateway, contexts.client) if config.gateway else None
         if config.canaries is not None and gateway is None:
             raise UsageError(f"--canaries {config.canaries}: canaries are replayed through --gateway URL")
         canaries = load_canaries(config.canaries) if config.canaries is not None else None
@@ -128,15 +189,12 @@ class Agent:
             raise UsageError(
                 f"--bundle-dir {config.bundle_dir}: not a directory (enclave bundle verify --extract-to)"
             )
-        root = TrustRoot.load(config.trust)
-        root.check(now or datetime.now(UTC))
+        trusted = TrustedRoot.load(config.trust, now)
+        root = trusted.root
         signer = SigningKey.load(config.audit_key)
-        audit_keys = root.role_keys("audit")
-        if signer.keyid not in audit_keys:
-            raise TrustError(
-                f"{config.audit_key}: key {signer.keyid[:16]} is not in the audit role of {config.trust}; "
-                "its checkpoints would not verify"
-            )
+        audit_keys = trusted.role_keys("audit")
+        # Its checkpoints would not verify: refused before the log is opened.
+        trusted.require_member("audit", signer.public, str(config.audit_key))
         audit = AuditLog.open(
             config.audit_log,
             signer,
@@ -145,7 +203,7 @@ class Agent:
             component="agent",
             accept_unproven_tail=config.accept_unproven_tail,
         )
-        return cls(config, root, audit, canaries, gateway)
+        return cls(config, root, audit, canaries, gateway, contexts)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, once: bool) -> None:
@@ -161,6 +219,7 @@ class Agent:
                 "hardening_baseline": str(self.baseline),
                 "interval_seconds": config.interval,
                 "listen": None if once else config.listen,
+                "tls": config.tls.describe() if config.tls else None,
                 "once": once,
                 "enclave_version": enclave.__version__,
             }
@@ -168,17 +227,35 @@ class Agent:
 
     async def serve_metrics(self) -> str:
         host, port = parse_listen(self.config.listen)
-        runner = web.AppRunner(application(self.metrics, lambda: self.audit.healthy), access_log=None)
+        authorize = self._authorize if self.tls.callers is not None else None
+        app = application(self.metrics, lambda: self.audit.healthy, authorize)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.tls.server)
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise UsageError(f"--listen {self.config.listen}: cannot listen: {exc.strerror}") from None
         self._runner = runner
         bound = runner.addresses[0][1] if runner.addresses else port
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{bound}"
+        return f"{'https' if self.tls.server else 'http'}://{shown}:{bound}"
+
+    def _authorize(self, request: web.Request) -> web.Response | None:
+        """None when the caller's certificate may read /metrics, else the refusal (401 or 403)."""
+        assert self.tls.callers is not None
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        try:
+            identity = self.tls.callers.authenticate(ssl_object, None)
+        except AuthFailure as exc:
+            return _refusal(401, exc.code, str(exc))
+        finally:
+            self.tls.callers.events.clear()  # CRL reloads: the agent keeps no access records
+        if not identity.has(*OBSERVERS):
+            return _refusal(403, "forbidden", f"{request.path} needs the role service or auditor")
+        return None
 
     async def stop(self, reason: str = STOP_REASON) -> None:
         if self._runner is not None:
@@ -234,7 +311,7 @@ class Agent:
         if self.canaries is None or self.gateway is None:
             return not_applicable("canaries", "no canary file given (--canaries with --gateway)")
         started = time.perf_counter()
-        result = await check_canaries(self.gateway, self.canaries)
+        result = await check_canaries(self.gateway, self.canaries, self.tls.client)
         return _with_seconds(result, time.perf_counter() - started)
 
     async def _record(self, report: AgentReport, result: CheckResult) -> None:
@@ -265,6 +342,10 @@ class Agent:
             delay = max(0.0, self.config.interval - (time.monotonic() - started))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+def _refusal(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "code": code}}, status=status)
 
 
 def _with_seconds(result: CheckResult, seconds: float) -> CheckResult:
@@ -320,6 +401,7 @@ def check_once(
     hardening_files: Sequence[Path] | None = None,
     rebaseline: bool = False,
     accept_unproven_tail: bool = False,
+    tls: AgentTLS | None = None,
 ) -> AgentReport:
     """`enclave agent run --once`: every check once, every result in the audit log.
 
@@ -337,6 +419,7 @@ def check_once(
         hardening_files=tuple(hardening_files or hardening.DEFAULT_FILES),
         rebaseline=rebaseline,
         accept_unproven_tail=accept_unproven_tail,
+        tls=tls,
     )
     return asyncio.run(run_round_once(config))
 
@@ -371,6 +454,7 @@ def run(
     hardening_files: Sequence[Path] | None = None,
     rebaseline: bool = False,
     accept_unproven_tail: bool = False,
+    tls: AgentTLS | None = None,
 ) -> int:
     """`enclave agent run`. With `once`: every check once, returns the exit code of the first
     failing check (0 when all passed; 3 integrity, 4 signatures, 7 hardening, 8 canaries),
@@ -389,6 +473,7 @@ def run(
         tuple(hardening_files or hardening.DEFAULT_FILES),
         rebaseline,
         accept_unproven_tail=accept_unproven_tail,
+        tls=tls,
     )
     if once:
         report = asyncio.run(run_round_once(config))

@@ -23,11 +23,11 @@ from typing import Any
 from enclave.bundle.digest import FileDigest, digest_files
 from enclave.bundle.statement import BundleStatement, Member
 from enclave.bundle.tarformat import ENVELOPE_NAME
-from enclave.bundle.verify import MAX_ENVELOPE, check_signatures
 from enclave.errors import EnclaveError, IntegrityError, TrustError
 from enclave.runtime.agent.results import CheckResult, Finding, could_not_run, failed, passed
-from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
+from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 MAX_EXTRA_ENTRIES = 10_000  # a tree stuffed with junk is reported, not walked forever
 
@@ -71,8 +71,9 @@ def load_statement(bundle_dir: Path, root: TrustRoot, now: datetime) -> Verified
     envelope = Envelope.from_json(raw, str(path))
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
         raise TrustError(f"{path}: payloadType {envelope.payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE}")
-    root.check(now)
-    check = check_signatures(envelope, root)
+    trusted = TrustedRoot(root, now)
+    trusted.check_current()
+    check = trusted.require("bundle", envelope, ENVELOPE_NAME)
     statement = BundleStatement.from_payload(envelope.payload)
     return VerifiedStatement(
         statement,

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from enclave.runtime.audit.merkle import leaf_hash
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope
+from enclave.trust.merkle import leaf_hash
 
 RECORD_FORMAT = 1
 CHECKPOINT_PAYLOAD_TYPE = "application/vnd.enclave.audit-checkpoint+json"
 CHECKPOINT_FORMAT = "enclave-audit-checkpoint/v1"
-GENESIS_PREV = "0" * 64
 
 # Fields the writer sets; callers may not supply them.
 RESERVED = frozenset({"v", "seq", "prev", "time"})

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import IntegrityError, TrustError, UsageError
-from enclave.runtime.audit.merkle import MerkleTree, leaf_hash, verify_consistency
 from enclave.runtime.audit.records import (
     AGENT_CHECK,
     CHECKPOINT_PAYLOAD_TYPE,
     FAILED_RESULTS,
-    GENESIS_PREV,
     TAIL_ACCEPTED,
     TreeHead,
     agent_check_problem,
@@ -29,6 +27,7 @@ from enclave.runtime.audit.records import (
 )
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import PublicKey
+from enclave.trust.merkle import GENESIS_PREV, MerkleTree, leaf_hash, verify_consistency
 from enclave.trust.root import TrustRoot
 
 MAX_PROBLEMS = 50  # a log with every line changed should not print a million lines

@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from enclave.errors import IntegrityError, UsageError
-from enclave.runtime.audit.merkle import CompactRange, leaf_hash
 from enclave.runtime.audit.records import (
     CHECKPOINT_PAYLOAD_TYPE,
-    GENESIS_PREV,
     TAIL_ACCEPTED,
     TreeHead,
     checkpoint_line,
@@ -39,6 +37,7 @@ from enclave.runtime.audit.records import (
 from enclave.runtime.audit.verify import analyse, checkpoints_path, unproven_warning
 from enclave.trust.dsse import Envelope, Signature, pae
 from enclave.trust.keys import PublicKey
+from enclave.trust.merkle import GENESIS_PREV, CompactRange, leaf_hash
 
 
 class AuditUnavailable(Exception):

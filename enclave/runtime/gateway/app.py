@@ -55,7 +55,7 @@ from enclave.runtime.gateway.listener import peer_text
 from enclave.runtime.gateway.policy import Policy, Rule
 from enclave.trust.keys import PublicKey
 
-if TYPE_CHECKING:  # the guard imports the normaliser, under this package
+if TYPE_CHECKING:  # types only: the guard is loaded by server.prepare
     from enclave.guard.model import Guard
 
 MAX_BODY = 1 << 20

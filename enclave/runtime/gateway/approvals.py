@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from enclave.canonical import canonical, format_time, parse_time
 from enclave.errors import DocumentLimitError, TrustError, UsageError
 from enclave.runtime.gateway.policy import ApprovalSettings, Rule
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import PublicKey, SigningKey
-from enclave.trust.root import canonical, format_time, parse_time
 
 APPROVAL_PAYLOAD_TYPE = "application/vnd.enclave.approval+json"
 REQUESTER_PAYLOAD_TYPE = "application/vnd.enclave.requester+json"

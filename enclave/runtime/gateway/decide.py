@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from enclave.runtime.gateway.policy import Action, Policy, Rule
 
-if TYPE_CHECKING:  # the guard imports the normaliser, under this package
+if TYPE_CHECKING:  # types only: deciding without a guard needs no numpy
     from enclave.guard.model import Guard, GuardVerdict
 
 Layer = Literal["rules", "default", "guard", "guard-band", "guard-failure"]

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import UsageError
-from enclave.runtime.gateway.normalise import CONFUSABLES_FORMAT, CONFUSABLES_PATH, NORMALISATION, fold
+from enclave.normalise import CONFUSABLES_FORMAT, CONFUSABLES_PATH, NORMALISATION, fold
 
 PACKAGE = "confusable-homoglyphs"
 MODULE = "confusable_homoglyphs"

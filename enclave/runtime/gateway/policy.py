@@ -19,8 +19,8 @@ import yaml
 
 from enclave.errors import UsageError
 from enclave.fileio import read_regular
+from enclave.normalise import NORMALISATION, skeleton_tokens, squeeze
 from enclave.runtime.gateway.matcher import Hit, Matcher, within_window
-from enclave.runtime.gateway.normalise import NORMALISATION, skeleton_tokens, squeeze
 from enclave.yamldoc import load_yaml_document as load_yaml_document  # the shared loader
 
 Action = Literal["allow", "refuse", "hold"]

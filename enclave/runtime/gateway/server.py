@@ -14,7 +14,7 @@ import signal
 import ssl
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 import enclave
-from enclave.errors import PolicyError, TrustError, UsageError
+from enclave.errors import PolicyError, UsageError
+from enclave.normalise import NORMALISATION
 from enclave.runtime.audit.writer import AuditLog
 from enclave.runtime.gateway.access import Authenticator, RateLimiter
 from enclave.runtime.gateway.app import Gateway, GatewayConfig
 from enclave.runtime.gateway.journal import HeldJournal
 from enclave.runtime.gateway.listener import WatchedTLSSite
-from enclave.runtime.gateway.normalise import NORMALISATION
 from enclave.runtime.gateway.policy import Policy, load_policy
 from enclave.trust.keys import PublicKey, SigningKey
-from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 DEFAULT_LISTEN = "127.0.0.1:8088"
 MAX_HEADER_FIELD = 32 * 1024
@@ -110,7 +110,7 @@ def prepare(
     upstream: str,
     audit_log: Path,
     audit_key: Path,
-    trust: Path | None,
+    trust: Path | TrustedRoot | None,
     listen: str = DEFAULT_LISTEN,
     *,
     model_digest: str | None = None,
@@ -137,7 +137,8 @@ def prepare(
     access.check()
     loaded = load_policy(policy)
     # The guard's pins and self-test run before the gateway listens: a guard that changed stops it.
-    from enclave.guard.model import load_guard  # the guard imports this package's normaliser
+    # (Imported here: it needs numpy, which the agent, importing this package, does not carry.)
+    from enclave.guard.model import load_guard
 
     learned = load_guard(guard, guard_digest) if guard is not None else None
     signer = SigningKey.load(audit_key)
@@ -146,15 +147,12 @@ def prepare(
     audit_keys = {signer.keyid: signer.public}
     trust_digest: str | None = None
     if trust is not None:
-        root = TrustRoot.load(trust)
-        root.check(now or datetime.now(UTC))
-        trust_digest = root.digest
-        audit_keys = root.role_keys("audit")
-        if signer.keyid not in audit_keys:
-            raise TrustError(
-                f"{audit_key}: key {signer.keyid[:16]} is not in the audit role of {trust}; "
-                "its checkpoints would not verify"
-            )
+        trusted = trust if isinstance(trust, TrustedRoot) else TrustedRoot.load(trust, now)
+        root = trusted.root
+        trust_digest = trusted.digest
+        audit_keys = trusted.role_keys("audit")
+        # Its checkpoints would not verify: refused before the log is opened.
+        trusted.require_member("audit", signer.public, str(audit_key))
         approvers = root.role_keys("approver")
         threshold = root.roles["approver"].threshold
     check_approvable(loaded, approvers, threshold, trust, guarded=learned is not None)
@@ -221,7 +219,7 @@ def check_approvable(
     policy: Policy,
     approvers: dict[str, PublicKey],
     threshold: int,
-    trust: Path | None,
+    trust: Path | TrustedRoot | None,
     guarded: bool = False,
 ) -> None:
     """PolicyError unless every hold rule can gather its approvals from the root's approver

@@ -5,7 +5,8 @@ Rules are matched on a *skeleton* of the text, not the text itself, so the cheap
 (fullwidth letters, zero-width joiners, look-alike letters of any script, l33t digits,
 letters split by spaces or dots) land on the same skeleton as the plain spelling. Rule terms go through the
 same function, so text and terms always agree; docs/GATEWAY.md specifies every step so a
-second implementation produces the same tokens.
+second implementation produces the same tokens. The learned guard (enclave.guard.features)
+tokenises with it too, which is why it sits below both.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ NORMALISATION = "enclave-norm-v2"
 
 # Look-alikes of Latin letters and digits: every character Unicode's confusables data (UTS #39)
 # gives a prototype that normalises to ASCII letters and digits, generated into a committed
-# file by gen_confusables.py (which records the Unicode version and the source's digest).
+# file by enclave.runtime.gateway.gen_confusables (which records the Unicode version and the
+# source's digest).
 CONFUSABLES_PATH = Path(__file__).with_name("confusables.json")
 CONFUSABLES_FORMAT = "enclave-confusables/v1"
 _TARGET = re.compile(r"[a-z0-9]+")

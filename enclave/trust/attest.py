@@ -22,12 +22,13 @@ from typing import Any
 
 import yaml
 
+from enclave.canonical import canonical, format_time, parse_time
 from enclave.errors import MALFORMED_DOCUMENT, EnclaveError, UsageError
 from enclave.fileio import read_regular
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import SigningKey
-from enclave.trust.root import TrustRoot, canonical, format_time, parse_time
+from enclave.trust.root import TrustRoot
 
 PAYLOAD_TYPE = "application/vnd.enclave.attestation+json"
 TYPE = "urn:enclave:attestation:v1"

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import UsageError
-from enclave.guard.corpus import load_corpus, text_key
-from enclave.guard.evaluate import evaluate, overlap
 from enclave.guard.model import CLASSES, Guard
-from enclave.guard.train import Settings, train, write_guard
+from enclave.guardtools.corpus import load_corpus, text_key
+from enclave.guardtools.evaluate import evaluate, overlap
+from enclave.guardtools.train import Settings, train, write_guard
 from enclave.runtime.gateway.policy import Policy
 
 

@@ -3,6 +3,10 @@
 leaf = SHA-256(0x00 || entry), node = SHA-256(0x01 || left || right); the tree over n
 entries splits at the largest power of two smaller than n (section 2.1.1). Inclusion and
 consistency proofs follow sections 2.1.3 and 2.1.4, verification algorithms verbatim.
+
+The hash chains of the gateway's audit log (enclave.runtime.audit) and of verification receipts
+(enclave.trust.receipts) share one rule: each line names the leaf hash of the line before it,
+`GENESIS_PREV` for the first.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 from collections.abc import Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+GENESIS_PREV = "0" * 64  # the `prev` of the first line of a hash chain (hex)
 
 
 def leaf_hash(entry: bytes) -> bytes:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from enclave.guard import features
-from enclave.guard.corpus import Example
 from enclave.guard.model import ACTIONS, ALLOW, CLASSES, Guard
-from enclave.guard.train import vocabulary_of
+from enclave.guardtools.corpus import Example
+from enclave.guardtools.train import vocabulary_of
 from enclave.runtime.gateway.decide import Decision, decide
 from enclave.runtime.gateway.policy import Policy
 

@@ -27,7 +27,6 @@ import numpy as np
 from enclave.errors import UsageError
 from enclave.fileio import published_directory
 from enclave.guard import features
-from enclave.guard.corpus import Corpus, Example
 from enclave.guard.model import (
     ALLOW,
     API_VERSION,
@@ -45,7 +44,8 @@ from enclave.guard.model import (
     load_guard,
     load_weights,
 )
-from enclave.runtime.gateway.normalise import NORMALISATION
+from enclave.guardtools.corpus import Corpus, Example
+from enclave.normalise import NORMALISATION
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
