@@ -7,13 +7,14 @@ Entry points: `run` (`enclave agent run`), `check_once` (`--once` with a report)
 """
 
 from enclave.runtime.agent.canaries import load_canaries, record_baselines
-from enclave.runtime.agent.daemon import Agent, AgentConfig, AgentReport, check_once, run
+from enclave.runtime.agent.daemon import Agent, AgentConfig, AgentReport, AgentTLS, check_once, run
 from enclave.runtime.agent.results import CheckResult, Finding
 
 __all__ = [
     "Agent",
     "AgentConfig",
     "AgentReport",
+    "AgentTLS",
     "CheckResult",
     "Finding",
     "check_once",

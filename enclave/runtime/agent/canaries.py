@@ -8,7 +8,11 @@ answer must contain and a `baseline`: the answer recorded at build time with tem
 
 Held prompts are sent without a requester token: the gateway answers 401
 `requester_token_required` naming the hold rule, which is the hold decision, and no held
-request is left waiting for approvers.
+request is left waiting for approvers. A gateway that identifies its users (mutual TLS) holds
+the request under the agent's service certificate instead (202), and it expires unapproved.
+
+Over HTTPS the agent presents its service certificate and trusts only the enclave CA for the
+gateway's (`enclave.identity.tls.client_context`, passed as `ssl_context`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import difflib
 import hashlib
 import json
 import re
+import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -157,11 +162,19 @@ def _canary(checker: _Checker, item: Any, path: str) -> Canary:
     return Canary(canary_id, prompt, cast(Decision, expect), rule, contains, baseline, similarity)
 
 
-def check_gateway_url(gateway: str) -> str:
+def check_gateway_url(gateway: str, ssl_context: ssl.SSLContext | None = None) -> str:
     parts = urlsplit(gateway)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise UsageError(f"--gateway {gateway!r}: expected http(s)://HOST:PORT of the safety gateway")
+    if parts.scheme == "https" and ssl_context is None:
+        # Never the system's CAs: the gateway's certificate must chain to the enclave CA.
+        raise UsageError(f"--gateway {gateway!r}: HTTPS needs --tls-ca, the enclave CA")
     return gateway.rstrip("/")
+
+
+def _session(ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
+    """One session for a round: over HTTPS, one TLS handshake with the agent's certificate."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context or True))
 
 
 # -- what the gateway said (pure) ---------------------------------------------------------------
@@ -201,6 +214,14 @@ def classify(status: int, body: bytes) -> Observation:
             return Observation("refuse", status, rule=rule)
         if status == 401 and code == "requester_token_required":
             return Observation("hold", status, rule=rule)
+        if status == 401:  # the gateway does not accept the agent's identity: not a decision
+            return Observation(
+                "error",
+                status,
+                rule=rule,
+                detail=f"HTTP 401 {code}: the gateway refused the agent's identity: "
+                f"{str(error.get('message'))[:200]}",
+            )
         return Observation(
             "error", status, rule=rule, detail=f"HTTP {status} {code}: {str(error.get('message'))[:200]}"
         )
@@ -275,15 +296,22 @@ async def ask(
             return classify(response.status, body)
     except TimeoutError:  # first: TimeoutError is an OSError, and aiohttp's timeouts are both
         return Observation("error", 0, detail=f"no answer within {canaries.timeout_seconds} s")
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise GatewayUnreachable(
+            f"{gateway}: the gateway's certificate does not verify against the enclave CA: "
+            f"{exc.certificate_error}"
+        ) from None
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise GatewayUnreachable(f"{gateway}: gateway unreachable: {exc}") from None
 
 
-async def check_canaries(gateway: str, canaries: CanarySet) -> CheckResult:
+async def check_canaries(
+    gateway: str, canaries: CanarySet, ssl_context: ssl.SSLContext | None = None
+) -> CheckResult:
     """Replay every canary, one at a time (the model server shares the host's cores)."""
     findings: list[Finding] = []
     ok = 0
-    async with aiohttp.ClientSession() as session:
+    async with _session(ssl_context) as session:
         for canary in canaries.canaries:
             try:
                 seen = await ask(session, gateway, canaries, canary)
@@ -311,17 +339,19 @@ async def check_canaries(gateway: str, canaries: CanarySet) -> CheckResult:
     return passed("canaries", f"{total} canaries behaved as expected through {gateway}", **data)
 
 
-async def record_baselines(path: Path, gateway: str, out: Path) -> int:
+async def record_baselines(
+    path: Path, gateway: str, out: Path, ssl_context: ssl.SSLContext | None = None
+) -> int:
     """Run every canary once (temperature 0) and write `out`: the same file with each allowed
     canary's answer as its `baseline`. Refuses (PolicyError) when any canary does not get its
     expected decision: a baseline of a misbehaving stack would hide the problem. Returns the
-    number of baselines written. Comments are not kept."""
+    number of baselines written. Comments are not kept. `ssl_context`: for an HTTPS gateway."""
     canaries = load_canaries(path)
-    gateway = check_gateway_url(gateway)
+    gateway = check_gateway_url(gateway, ssl_context)
     if out.exists():
         raise UsageError(f"{out}: already exists; refusing to overwrite")
     answers: dict[str, str] = {}
-    async with aiohttp.ClientSession() as session:
+    async with _session(ssl_context) as session:
         for canary in canaries.canaries:
             try:
                 seen = await ask(session, gateway, canaries, canary)

@@ -84,10 +84,21 @@ class AgentMetrics:
         return generate_latest(self.registry)
 
 
-def application(metrics: AgentMetrics, healthy: Callable[[], bool]) -> web.Application:
-    """GET /metrics (Prometheus text) and GET /healthz (503 once the audit log has failed)."""
+# Decides who may read /metrics: None lets the request through, else the refusal to send.
+Authorize = Callable[[web.Request], web.Response | None]
+
+
+def application(
+    metrics: AgentMetrics, healthy: Callable[[], bool], authorize: Authorize | None = None
+) -> web.Application:
+    """GET /metrics (Prometheus text; `authorize` decides who, when given) and GET /healthz
+    (anyone; 503 once the audit log has failed)."""
 
     async def prometheus(request: web.Request) -> web.Response:
+        if authorize is not None:
+            refused = authorize(request)
+            if refused is not None:
+                return refused
         metrics.audit_healthy.set(1 if healthy() else 0)
         response = web.Response(body=metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
