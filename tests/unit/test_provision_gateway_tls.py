@@ -25,7 +25,9 @@ from tests.unit.test_provision_deploy import GATEWAY, POLICY, SERVER, WEIGHTS, r
 
 ADDRESS = {"host1": "127.0.0.11", "host2": "127.0.0.12"}
 PASSPHRASE = b"tls test passphrase"
-NOW = datetime.now(UTC)
+# Certificates are issued at the real time (valid from 5 minutes before); each check runs at the
+# real time too, never at a time fixed at import (the suite may reach these tests minutes later).
+NOW = datetime.now(UTC)  # only to place certificates in the past
 
 
 def host(name: str, **variables: Any) -> Host:
@@ -67,7 +69,7 @@ def fresh(pki: Path, tmp_path: Path) -> Path:
 
 
 def check(directory: Path, hosts: tuple[Host, ...] = HOSTS, **kw: Any) -> Any:
-    options: dict[str, Any] = {"agent": True, "passphrase": PASSPHRASE, "now": NOW} | kw
+    options: dict[str, Any] = {"agent": True, "passphrase": PASSPHRASE, "now": datetime.now(UTC)} | kw
     return check_material(directory, hosts, **options)
 
 
