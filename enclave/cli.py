@@ -418,14 +418,16 @@ def cmd_receipts_verify(args: argparse.Namespace) -> Result:
     from enclave.trust.receipts import verify_receipt_log
     from enclave.trust.root import TrustRoot
     from enclave.trust.state import StateDir, default_state_dir
+    from enclave.trust.trusted import TrustedRoot
 
     state = StateDir(Path(args.state_dir) if args.state_dir else default_state_dir())
     path = Path(args.log) if args.log else state.receipts_path
     root = TrustRoot.load(Path(args.trust)) if args.trust else state.read_root()
     if root is None:
         raise UsageError(f"no trust root: give --trust ROOT ({state.root_path} does not exist)")
-    root.check(_now(args))
-    report = verify_receipt_log(path, root, args.require_signed, [Path(w) for w in args.witness])
+    trusted = TrustedRoot(root, _now(args))
+    trusted.check_current()
+    report = verify_receipt_log(path, trusted, args.require_signed, [Path(w) for w in args.witness])
     text = (
         f"{path}: {report.receipts} receipts, hash chain intact; {report.signed} signed by the audit role, "
         f"{report.unsigned} unsigned; {report.verified} verifications passed, {report.failed} failed"

@@ -584,6 +584,7 @@ def through_gateway(d: Demo) -> str:
 def audit(d: Demo) -> str:
     from enclave.runtime.audit import checkpoints_path, verify_log
     from enclave.trust.receipts import verify_receipt_log
+    from enclave.trust.trusted import TrustedRoot
 
     # Stopping the gateway makes it write its final checkpoint; then the log and its
     # checkpoints are read off the host over SSH, as an auditor would collect them.
@@ -592,8 +593,9 @@ def audit(d: Demo) -> str:
     log.parent.mkdir(parents=True)
     for local in (log, checkpoints_path(log)):
         local.write_text(_on_host(d.inventory, d.host, f"sudo cat {HOST_AUDIT_DIR}/{local.name}"))
-    result = verify_log(log, d.root_path)
-    chain = verify_receipt_log(d.state.receipts_path, TrustRoot.load(d.root_path))
+    trusted = TrustedRoot.load(d.root_path)  # as an auditor holds it: the root file, checked now
+    result = verify_log(log, trusted)
+    chain = verify_receipt_log(d.state.receipts_path, trusted)
     d.report.artefacts["audit log"] = f"{log} (copied from {d.host}:{HOST_AUDIT_DIR})"
     return "\n".join(
         [

@@ -94,6 +94,19 @@ def write_inputs(base: Path, weights_size: int = 3 * 1024 * 1024 + 123) -> Path:
     return base
 
 
+def bundle_with_trust(tmp_path: Path, roots: Sequence[Path], signers: Sequence[SigningKey]) -> Path:
+    """A real bundle whose `trust` component (after 3 MiB of weights) carries `roots`."""
+    src = write_inputs(tmp_path / "src-trust")
+    (src / "trust").mkdir()
+    for root in roots:
+        (src / "trust" / root.name).write_bytes(root.read_bytes())
+    (src / "bundle.yaml").write_text(
+        MANIFEST.format(name="carrier", version="2.0.0", digest="sha384")
+        + "    - {name: trust, kind: trust, path: ./trust}\n"
+    )
+    return build_bundle(src / "bundle.yaml", tmp_path / "out-trust", list(signers), show_progress=False)
+
+
 BuildFn = Callable[..., Path]
 
 

@@ -192,7 +192,7 @@ def _build(
         staging,
         created=format_time(now),
         window=window,
-        root=root,
+        root=TrustedRoot(root, now),  # the root already checked current as of `now`
         signer=key.keyid,
         receipts=receipts_rel,
         statements=statements,

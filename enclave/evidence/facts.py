@@ -17,7 +17,7 @@ from enclave.errors import MALFORMED_DOCUMENT, EnclaveError
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope
 from enclave.trust.receipts import analyse_log
-from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 CATEGORIES = ("CAT I", "CAT II", "CAT III")
 CATEGORY_OF_SEVERITY = {"high": "CAT I", "medium": "CAT II", "low": "CAT III"}
@@ -97,7 +97,7 @@ def _bundles(package: Path, rel: str | None, window: tuple[str | None, str | Non
     }
 
 
-def _receipt_chain(package: Path, rel: str | None, root: TrustRoot) -> dict[str, Any]:
+def _receipt_chain(package: Path, rel: str | None, root: TrustedRoot) -> dict[str, Any]:
     if rel is None:
         return {"source": None, "ok": True, "receipts": 0, "problems": [], "warnings": []}
     report = analyse_log((package / rel).read_bytes(), rel, root)
@@ -320,7 +320,7 @@ def summary(
     *,
     created: str,
     window: tuple[str | None, str | None],
-    root: TrustRoot,
+    root: TrustedRoot,
     signer: str,
     receipts: str | None,
     statements: list[dict[str, Any]],

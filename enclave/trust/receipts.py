@@ -47,6 +47,7 @@ from enclave.trust.keys import PublicKey, SigningKey
 from enclave.trust.merkle import GENESIS_PREV, leaf_hash
 from enclave.trust.root import TrustRoot
 from enclave.trust.state import StateDir, fsync_dir, write_all
+from enclave.trust.trusted import TrustedRoot
 
 RECEIPT_PAYLOAD_TYPE = "application/vnd.enclave.receipt+json"
 RECEIPT_TYPE = "urn:enclave:receipt:v1"
@@ -420,7 +421,7 @@ class ReceiptReport:
 
 
 def analyse_log(
-    data: bytes, name: str, root: TrustRoot, require_signed: bool = False, witnesses: Sequence[Path] = ()
+    data: bytes, name: str, trusted: TrustedRoot, require_signed: bool = False, witnesses: Sequence[Path] = ()
 ) -> ReceiptReport:
     """Check every line: format, place in the chain, signatures by the root's audit role."""
     report = ReceiptReport(log=name)
@@ -430,7 +431,7 @@ def analyse_log(
         report.warnings.append(
             f"{name}: the last {len(torn)} bytes are an incomplete line (an append cut short by a crash)"
         )
-    audit_keys = root.role_keys("audit")
+    audit_keys = trusted.role_keys("audit")
     prev = GENESIS_PREV
     for index, line in enumerate(lines):
         where = f"{name}:{index + 1}"
@@ -465,11 +466,11 @@ def analyse_log(
             if require_signed:
                 report.trust_problems.append(f"{where}: receipt is not signed")
             continue
-        check = root.check_role("audit", verify_signatures(envelope, audit_keys).keys)
-        if check.met:
+        unmet = trusted.accepts("audit", verify_signatures(envelope, audit_keys).keys)
+        if unmet is None:
             report.signed += 1
         else:
-            report.trust_problems.append(f"{where}: receipt not signed by the audit role: {check.explain()}")
+            report.trust_problems.append(f"{where}: receipt not signed by the audit role: {unmet}")
     report.head = prev
     if report.unsigned and not require_signed:
         report.warnings.append(
@@ -502,7 +503,7 @@ def _check_witness(path: Path, lines: Sequence[bytes], report: ReceiptReport) ->
 
 
 def verify_receipt_log(
-    path: Path, root: TrustRoot, require_signed: bool = False, witnesses: Sequence[Path] = ()
+    path: Path, trusted: TrustedRoot, require_signed: bool = False, witnesses: Sequence[Path] = ()
 ) -> ReceiptReport:
     """`enclave receipts verify`: raise IntegrityError (chain) or TrustError (signatures)."""
     try:
@@ -511,7 +512,7 @@ def verify_receipt_log(
         raise UsageError(f"{path}: no receipt log") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the receipt log: {exc.strerror}") from None
-    report = analyse_log(data, str(path), root, require_signed, witnesses)
+    report = analyse_log(data, str(path), trusted, require_signed, witnesses)
     found = report.problems or report.trust_problems
     if found:
         more = f" (and {len(found) - 1} more problems)" if len(found) > 1 else ""

@@ -410,8 +410,11 @@ def test_a_swapped_container_with_a_forged_label_is_caught_then_repaired(env: En
         "sudo docker container inspect --format '{{index .Config.Labels \"enclave.spec\"}}' enclave-gateway",
     )
     assert code == 0 and len(label.strip()) == 64
+    # The real gateway is stopped first (its final checkpoint signs every record): a kill would
+    # leave unproven records that the redeployed gateway rightly refuses to extend (GATEWAY.md 5.4).
     rogue = (
-        "sudo docker rm --force enclave-gateway >/dev/null && sudo docker run --detach --name enclave-gateway"
+        "sudo docker stop --time 30 enclave-gateway >/dev/null && sudo docker rm --force enclave-gateway"
+        " >/dev/null && sudo docker run --detach --name enclave-gateway"
         f" --label enclave.spec={label.strip()} --user 0 --network none --health-cmd true"
         " --health-interval 1s --entrypoint python3"
         f" {signed_ids(env.statement)['gateway']} -c 'import time; time.sleep(900)'"

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from enclave.admission import Admission
-from enclave.bundle.build import build_bundle
 from enclave.bundle.volumes import split_bundle
 from enclave.cli import main
 from enclave.errors import RotationRefused, ThresholdNotMet
@@ -21,7 +20,8 @@ from enclave.trust.keys import SigningKey
 from enclave.trust.receipts import verify_receipt_log
 from enclave.trust.root import TrustRoot
 from enclave.trust.state import StateDir
-from tests.conftest import MANIFEST, Keys, RotateFn, make_root, write_inputs
+from enclave.trust.trusted import TrustedRoot
+from tests.conftest import Keys, RotateFn, bundle_with_trust, make_root
 
 VOLUME = 1 << 20  # the smallest volume: the 3 MiB bundle spans four
 
@@ -32,19 +32,6 @@ def newcomer() -> SigningKey:
     return SigningKey.generate("ecdsa-p384")
 
 
-def carrier(tmp_path: Path, roots: list[Path], signers: list[SigningKey]) -> Path:
-    """A bundle whose `trust` component (after 3 MiB of weights) carries `roots`."""
-    src = write_inputs(tmp_path / "src")
-    (src / "trust").mkdir()
-    for root in roots:
-        (src / "trust" / root.name).write_bytes(root.read_bytes())
-    (src / "bundle.yaml").write_text(
-        MANIFEST.format(name="carrier", version="2.0.0", digest="sha384")
-        + "    - {name: trust, kind: trust, path: ./trust}\n"
-    )
-    return build_bundle(src / "bundle.yaml", tmp_path / "out", signers, show_progress=False)
-
-
 def rotated_in_volumes(
     keys: Keys, newcomer: SigningKey, rotate: RotateFn, tmp_path: Path, state: Path
 ) -> tuple[Path, list[Path], Path]:
@@ -53,7 +40,7 @@ def rotated_in_volumes(
     v1 = make_root(keys, tmp_path / "1.root.json")
     v2 = rotate(v1, [keys.root], add={"bundle": [newcomer]})
     StateDir.open(state).store_root(TrustRoot.load(v1))
-    bundle = carrier(tmp_path, [v2], [newcomer, keys.mldsa])
+    bundle = bundle_with_trust(tmp_path, [v2], [newcomer, keys.mldsa])
     parts, _index = split_bundle(bundle, VOLUME, [newcomer, keys.mldsa])
     bundle.unlink()  # only the volumes cross the gap
     return v2, parts, tmp_path / "published"
@@ -119,7 +106,7 @@ def test_a_tampered_carried_root_in_a_volume_is_refused(
     assert not published.exists()
     assert StateDir.open(state_dir).read_root().version == 1  # type: ignore[union-attr]
     report = verify_receipt_log(
-        StateDir.open(state_dir).receipts_path, TrustRoot.load(tmp_path / "1.root.json")
+        StateDir.open(state_dir).receipts_path, TrustedRoot.load(tmp_path / "1.root.json")
     )
     assert (report.receipts, report.failed, report.verified) == (2, 2, 0)
 
@@ -131,7 +118,7 @@ def test_the_index_is_still_judged_by_the_rotated_root(
     v1 = make_root(keys, tmp_path / "1.root.json")
     v2 = rotate(v1, [keys.root], add={"bundle": [newcomer]})
     StateDir.open(state_dir).store_root(TrustRoot.load(v1))
-    bundle = carrier(tmp_path, [v2], [newcomer, keys.mldsa])
+    bundle = bundle_with_trust(tmp_path, [v2], [newcomer, keys.mldsa])
     parts, _index = split_bundle(bundle, VOLUME, [keys.stranger, keys.mldsa])
     with pytest.raises(ThresholdNotMet, match=r"volumes\.dsse\.json: bundle signatures not accepted"):
         Admission(state_dir).verify(parts[0], extract_to=tmp_path / "published")

@@ -27,6 +27,7 @@ from enclave.identity.ca import certificate_identity, init_ca, issue, load_certi
 from enclave.identity.tls import client_context
 from enclave.identity.users import add_api_key
 from enclave.runtime.gateway import approve
+from enclave.runtime.gateway.approvals import CANARY_HEADER
 from enclave.runtime.gateway.client import CONNECTION_ENV
 from enclave.runtime.gateway.server import Access, RunningGateway
 from enclave.trust.keys import SigningKey
@@ -375,6 +376,38 @@ def test_held_requests_metrics_and_health_by_role(tmp_path: Path, pki: Pki) -> N
             assert detailed[0] == 200 and detailed[1]["held_pending"] == 1
         denied = [(r["endpoint"], r["status"], user_of(r)) for r in records(log) if r["event"] == "access"]
         assert denied == [(f"/v1/held/{held.id}", 403, "bob"), ("/metrics", 403, "alice")]
+
+    run(scenario())
+
+
+def test_a_service_canary_is_decided_and_recorded_but_never_queued(tmp_path: Path, pki: Pki) -> None:
+    """The agent's hold canaries (service role, X-Enclave-Canary) leave nothing for approvers;
+    the same header from an ordinary user changes nothing: the request is held as usual."""
+    log = tmp_path / "audit.log"
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": HELD_PROMPT}]}).encode()
+
+    def post(url: str, name: str) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json", CANARY_HEADER: "1"}
+        request = urllib.request.Request(url, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, context=pki.context(name), timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    async def scenario() -> None:
+        async with serving(pki, log) as (upstream, gw):
+            url = gw.url + "/v1/chat/completions"
+            canary = await asyncio.to_thread(post, url, "monitor")
+            held = await asyncio.to_thread(post, url, "alice")
+            health = await asyncio.to_thread(get, gw.url + "/healthz", pki.context("monitor"))
+            assert upstream.count == 0
+        assert canary[0] == 202 and canary[1]["status"] == "not_queued" and canary[1]["canary"] is True
+        assert canary[1]["rule"] == held[1]["rule"] and canary[1]["rule"].startswith("hold.")
+        assert held[0] == 202 and held[1]["status"] == "held" and "canary" not in held[1]
+        assert health[1]["held_pending"] == 1  # alice's only
+        holds = [(user_of(r), r.get("canary", False)) for r in decisions(log) if r["decision"] == "hold"]
+        assert holds == [("monitor", True), ("alice", False)]
 
     run(scenario())
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from enclave.trust.merkle import leaf_hash
 from enclave.trust.receipts import ReceiptReport, verify_receipt_log
 from enclave.trust.root import TrustRoot, sign_document
 from enclave.trust.state import StateDir
+from enclave.trust.trusted import TrustedRoot
 from tests.conftest import BuildFn, Keys
 
 
@@ -73,7 +75,9 @@ def check_log(
     state = StateDir(state_dir)
     root = TrustRoot.load(trust) if trust else state.read_root()
     assert root is not None
-    return verify_receipt_log(state.receipts_path, root, require_signed, witnesses)
+    return verify_receipt_log(
+        state.receipts_path, TrustedRoot(root, datetime.now(UTC)), require_signed, witnesses
+    )
 
 
 def test_receipt_of_a_verified_bundle(

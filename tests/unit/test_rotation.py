@@ -21,7 +21,7 @@ from enclave.trust.root import TrustRoot, sign_document
 from enclave.trust.rotation import apply_chain, next_root, rotation_status
 from enclave.trust.state import StateDir
 from enclave.trust.trusted import TrustedRoot
-from tests.conftest import MANIFEST, BuildFn, Keys, RotateFn, make_root, write_inputs
+from tests.conftest import BuildFn, Keys, RotateFn, bundle_with_trust, make_root
 
 
 @dataclass
@@ -242,22 +242,6 @@ def test_cosigned_rotation_needs_both_holders(
     assert apply(v2, v3).version == 3
 
 
-def _bundle_with_trust(
-    keys: Keys, tmp_path: Path, roots: list[Path], signers: tuple[SigningKey, ...]
-) -> Path:
-    from enclave.bundle.build import build_bundle
-
-    src = write_inputs(tmp_path / "src-trust")
-    (src / "trust").mkdir()
-    for root in roots:
-        (src / "trust" / root.name).write_bytes(root.read_bytes())
-    (src / "bundle.yaml").write_text(
-        MANIFEST.format(name="carrier", version="2.0.0", digest="sha384")
-        + "    - {name: trust, kind: trust, path: ./trust}\n"
-    )
-    return build_bundle(src / "bundle.yaml", tmp_path / "out-trust", list(signers), show_progress=False)
-
-
 def test_root_in_a_bundle_is_applied_before_its_signatures(
     keys: Keys, extra: Extra, rotate: RotateFn, tmp_path: Path, state_dir: Path
 ) -> None:
@@ -265,7 +249,7 @@ def test_root_in_a_bundle_is_applied_before_its_signatures(
     v2 = rotate(v1, [keys.root], add={"bundle": [extra.bundle_new]})
     v3 = rotate(v2, [keys.root], revoke=[keys.ecdsa])
     # Signed by a key only v2 and later trust: accepted only because the roots ride along.
-    bundle = _bundle_with_trust(keys, tmp_path, [v2, v3], (extra.bundle_new, keys.mldsa))
+    bundle = bundle_with_trust(tmp_path, [v2, v3], (extra.bundle_new, keys.mldsa))
     store(state_dir, v1)
     admitted = Admission(state_dir).verify(bundle)
     assert admitted.root.version == 3 and stored_version(state_dir) == 3
@@ -296,7 +280,7 @@ def test_bad_root_in_a_bundle_is_refused_and_not_stored(
     v2 = rotate(
         v1, [extra.root_b], add={"root": [extra.root_b], "bundle": [extra.bundle_new]}, revoke=[keys.root]
     )
-    bundle = _bundle_with_trust(keys, tmp_path, [v2], (extra.bundle_new, keys.mldsa))
+    bundle = bundle_with_trust(tmp_path, [v2], (extra.bundle_new, keys.mldsa))
     store(state_dir, v1)
     with pytest.raises(RotationRefused, match="not signed by a threshold of the root keys of v1") as caught:
         Admission(state_dir).verify(bundle)

@@ -8,8 +8,10 @@ answer must contain and a `baseline`: the answer recorded at build time with tem
 
 Held prompts are sent without a requester token: the gateway answers 401
 `requester_token_required` naming the hold rule, which is the hold decision, and no held
-request is left waiting for approvers. A gateway that identifies its users (mutual TLS) holds
-the request under the agent's service certificate instead (202), and it expires unapproved.
+request is left waiting for approvers. A gateway that identifies its users (mutual TLS) knows
+the agent by its service certificate: the `X-Enclave-Canary: 1` header then makes it answer 202
+with the hold decision (`"status": "not_queued"`) and record it as a canary's, without queueing
+anything for approvers.
 
 Over HTTPS the agent presents its service certificate and trusts only the enclave CA for the
 gateway's (`enclave.identity.tls.client_context`, passed as `ssl_context`).
@@ -32,6 +34,7 @@ import yaml
 
 from enclave.errors import PolicyError, UsageError
 from enclave.runtime.agent.results import CheckResult, Finding, could_not_run, failed, passed
+from enclave.runtime.gateway.approvals import CANARY_HEADER
 from enclave.runtime.gateway.policy import _Checker, load_yaml_document
 
 Decision = Literal["allow", "refuse", "hold"]
@@ -289,7 +292,9 @@ async def ask(
         async with session.post(
             gateway + CHAT_PATH,
             data=canaries.request_body(canary),
-            headers={"Content-Type": "application/json"},
+            # A gateway that identifies the agent (service role) decides a held canary without
+            # queueing it for approvers; others ignore the header.
+            headers={"Content-Type": "application/json", CANARY_HEADER: "1"},
             timeout=aiohttp.ClientTimeout(total=canaries.timeout_seconds),
         ) as response:
             body = await response.read()

@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from enclave.runtime.audit.records import (
 from enclave.trust.dsse import Envelope, verify_signatures
 from enclave.trust.keys import PublicKey
 from enclave.trust.merkle import GENESIS_PREV, MerkleTree, leaf_hash, verify_consistency
-from enclave.trust.root import TrustRoot
+from enclave.trust.trusted import TrustedRoot
 
 MAX_PROBLEMS = 50  # a log with every line changed should not print a million lines
 MAX_FAILED_CHECKS = 20  # the most recent failing agent checks shown in a report
@@ -382,29 +382,25 @@ def _read_optional(path: Path) -> bytes | None:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def role_acceptor(root: TrustRoot, role: str = "audit") -> Callable[[Sequence[PublicKey]], str | None]:
-    def accept(signers: Sequence[PublicKey]) -> str | None:
-        check = root.check_role(role, signers)
-        return None if check.met else check.explain()
-
-    return accept
-
-
-def check_log(log: Path, trust: Path, witness: Iterable[Path] = (), now: datetime | None = None) -> Analysis:
-    """Analyse LOG, LOG.checkpoints and any witness checkpoint files; never raises on findings."""
-    root = TrustRoot.load(trust)
-    root.check(now or datetime.now(UTC))
+def check_log(
+    log: Path, trust: Path | TrustedRoot, witness: Iterable[Path] = (), now: datetime | None = None
+) -> Analysis:
+    """Analyse LOG, LOG.checkpoints and any witness checkpoint files; never raises on findings.
+    `trust`: the root (a file is loaded and checked current as of `now`)."""
+    trusted = trust if isinstance(trust, TrustedRoot) else TrustedRoot.load(trust, now)
     data = _read(log, "audit log")
     sidecar = checkpoints_path(log)
     sources: list[tuple[str, bytes | None]] = [(str(sidecar), _read_optional(sidecar))]
     for path in witness:
         sources.append((str(path), _read(path, "witness checkpoint file")))
-    return analyse(str(log), data, sources, root.role_keys("audit"), role_acceptor(root))
+    return analyse(
+        str(log), data, sources, trusted.role_keys("audit"), lambda signers: trusted.accepts("audit", signers)
+    )
 
 
 def verify_log(
     log: Path,
-    trust: Path,
+    trust: Path | TrustedRoot,
     witness: Iterable[Path] = (),
     *,
     require_checkpointed: bool = False,

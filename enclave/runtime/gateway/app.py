@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from enclave.runtime.audit.writer import AuditLog, AuditUnavailable
 from enclave.runtime.gateway.access import Authenticator, AuthFailure, Identity, RateLimiter, token_identity
 from enclave.runtime.gateway.approvals import (
+    CANARY_HEADER,
     REQUESTER_HEADER,
     ApprovalBook,
     Held,
@@ -285,6 +286,10 @@ class Gateway:
             )  # fmt: skip
         if decision.action == "hold":
             assert decision.rule is not None
+            if identity is not None and identity.has("service") and request.headers.get(CANARY_HEADER) == "1":
+                return await self._canary_hold(
+                    request_id, path, digest, requester, decision.rule, started, how, who
+                )
             return await self._hold(
                 request, request_id, path, digest, body, requester, decision.rule, started, how, who
             )
@@ -430,6 +435,46 @@ class Gateway:
             request_hash=digest or None,
             **layer,
         )
+
+    async def _canary_hold(
+        self,
+        request_id: str,
+        path: str,
+        digest: str,
+        requester: str | None,
+        rule: Rule,
+        started: float,
+        how: dict[str, Any],
+        who: Mapping[str, Any],
+    ) -> web.StreamResponse:
+        """A canary the policy holds: the hold decision, recorded as a canary's, nothing queued."""
+        record = self._decision(
+            request_id,
+            path,
+            digest,
+            "hold",
+            rule.id,
+            requester,
+            started,
+            202,
+            how={**how, "canary": True},
+            who=who,
+        )
+        try:
+            await self.audit.append(record)
+        except AuditUnavailable as exc:
+            return _error(503, f"audit log unavailable: {exc}", "audit_unavailable", "server_error")
+        self.metrics.requests.labels(path, "hold").inc()
+        body_out = {
+            "object": "enclave.held_request",
+            "id": request_id,
+            "request_hash": digest,
+            "status": "not_queued",
+            "canary": True,
+            "rule": rule.id,
+            "layer": how["layer"],
+        }
+        return web.json_response(body_out, status=202)
 
     async def _hold(
         self,

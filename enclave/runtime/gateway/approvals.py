@@ -32,6 +32,9 @@ from enclave.trust.keys import PublicKey, SigningKey
 APPROVAL_PAYLOAD_TYPE = "application/vnd.enclave.approval+json"
 REQUESTER_PAYLOAD_TYPE = "application/vnd.enclave.requester+json"
 REQUESTER_HEADER = "X-Enclave-Requester"
+# A `service` identity (the monitoring agent) sends this on its canaries: a request the policy
+# holds is then decided and recorded, never queued for approvers (docs/GATEWAY.md 10.8).
+CANARY_HEADER = "X-Enclave-Canary"
 _NONCE_CHARS = frozenset("0123456789abcdef")
 _MIN_NONCE_HEX = 32  # 128 bits
 RESULT_RETENTION_SECONDS = 600
