@@ -30,6 +30,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 RUN = {
     "keys generate", "trust init", "trust rotate", "trust update", "bundle build", "bundle sign",
     "bundle split", "bundle inspect", "bundle verify-volume", "bundle verify", "receipts verify", "store ls",
+    "ca init", "ca issue",
 }  # fmt: skip
 SKIPPED = {"images build", "images load", "testbed up", "provision", "gateway serve", "policy test",
            "approve", "agent run", "audit verify", "audit export"}  # fmt: skip
