@@ -246,9 +246,10 @@ def _load_keys(paths: Sequence[str]) -> list[Any]:
 
 
 def cmd_bundle_build(args: argparse.Namespace) -> Result:
+    from enclave.bundle.build import build_bundle
     from enclave.bundle.forecast import for_build, forecast
     from enclave.bundle.manifest import parse_size
-    from enclave.images.collect import build_bundle
+    from enclave.images.collect import collect_images
 
     if args.base and args.base_statement:
         raise UsageError("give --base or --base-statement, not both")
@@ -263,6 +264,7 @@ def cmd_bundle_build(args: argparse.Namespace) -> Result:
         args.digest,
         volume_size=volume_size,
         base=Path(base) if base else None,
+        images=collect_images,
     )
     return str(path), {"bundle": str(path), "warnings": warnings}
 

@@ -281,12 +281,14 @@ def build_images(d: Demo) -> str:
 
 
 def build_bundle(d: Demo) -> str:
-    from enclave.images.collect import build_bundle as build
+    from enclave.bundle.build import build_bundle as build
+    from enclave.images.collect import collect_images
 
     (d.work / "weights").mkdir()
     shutil.copyfile(model_weights(), d.work / "weights" / GGUF)
+    manifest = REPO / "manifests" / "demo.yaml"
     path = build(
-        REPO / "manifests" / "demo.yaml", d.work / "low-side", [d.keys["integrator-a"]], show_progress=False
+        manifest, d.work / "low-side", [d.keys["integrator-a"]], show_progress=False, images=collect_images
     )
     d.bundle = path
     size = path.stat().st_size / 1e6

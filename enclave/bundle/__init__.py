@@ -2,7 +2,8 @@
 
 The public API is `__all__`; every other name in this package is an internal of the format.
 Admitting a bundle on the high side is `enclave.admission.Admission`; a manifest with image
-components is built by `enclave.images.collect.build_bundle` (it needs a container engine).
+components is built with `build_bundle(..., images=enclave.images.collect.collect_images)`
+(it needs a container engine).
 Names are imported on first use, so `import enclave.bundle` stays cheap.
 """
 

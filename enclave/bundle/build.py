@@ -180,6 +180,11 @@ def begin_build(manifest_path: Path, keys: Sequence[SigningKey]) -> tuple[Manife
     return load_manifest(manifest_path), created_time()
 
 
+# What collects the content of a manifest's image components (by component name). Passed in by
+# a caller above this layer, so the format writer never imports the container engine.
+ImageCollector = Callable[[Manifest], Mapping[str, "ImageInput"]]
+
+
 def _need_keys(keys: Sequence[SigningKey]) -> None:
     if not keys:
         raise UsageError("at least one --key is needed to sign the bundle")
@@ -194,12 +199,15 @@ def build_bundle(
     show_progress: bool = True,
     volume_size: int | None = None,
     base: Path | None = None,
+    images: ImageCollector | None = None,
 ) -> Path:
-    """`write_bundle` for a manifest without image components. A manifest with images is built
-    by enclave.images.collect.build_bundle (same arguments), which exports them first."""
+    """Check the keys, the manifest and the build time, then collect the image components'
+    content with `images` (enclave.images.collect.collect_images exports them from a container
+    engine; a manifest with image components needs it), then `write_bundle`."""
     manifest, created = begin_build(manifest_path, keys)
+    collected = images(manifest) if images is not None else {}
     return write_bundle(
-        manifest, created, {}, out_dir, keys, digest, workers, show_progress, volume_size, base
+        manifest, created, collected, out_dir, keys, digest, workers, show_progress, volume_size, base
     )
 
 

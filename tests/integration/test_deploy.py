@@ -32,12 +32,13 @@ import openai
 import pytest
 
 from enclave.admission import Admission
+from enclave.bundle.build import build_bundle
 from enclave.bundle.statement import BundleStatement
 from enclave.demo import model_weights
 from enclave.errors import ProvisionError, UsageError
 from enclave.identity.ca import init_ca, issue
 from enclave.identity.tls import client_context
-from enclave.images.collect import build_bundle
+from enclave.images.collect import collect_images
 from enclave.images.reference import build_images
 from enclave.provision import Options, provision
 from enclave.testbed import TestbedState, down, up
@@ -196,7 +197,13 @@ def env(docker_engine: None, keys: Keys, tmp_path_factory: pytest.TempPathFactor
         MANIFEST.format(policy=REPO / "bundles" / "policy" / "default.yaml", playbooks=REPO / "playbooks")
     )
     (src / "canaries.yaml").write_text(CANARIES)
-    bundle = build_bundle(src / "bundle.yaml", work / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
+    bundle = build_bundle(
+        src / "bundle.yaml",
+        work / "out",
+        [keys.ecdsa, keys.mldsa],
+        show_progress=False,
+        images=collect_images,
+    )
     audit = SigningKey.generate("ecdsa-p384")
     audit.write(work / "audit.key", PASSPHRASE)
     signed = TrustRoot.create(

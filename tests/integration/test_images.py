@@ -28,13 +28,14 @@ import pytest
 from docker.models.containers import Container
 
 from enclave.admission import Admission
+from enclave.bundle.build import build_bundle
 from enclave.bundle.source import ArchiveSource
 from enclave.bundle.statement import BundleStatement
 from enclave.bundle.verify import read_envelope
 from enclave.cli import main
 from enclave.demo import model_weights
 from enclave.errors import IntegrityError, ProvisionError
-from enclave.images.collect import build_bundle
+from enclave.images.collect import collect_images
 from enclave.images.load import load_bundle_images
 from enclave.images.reference import IMAGES, BuiltImage, build_images
 from enclave.testbed.image import ensure_image
@@ -154,7 +155,9 @@ def test_round_trip_loads_the_signed_image(
     ref = test_images["a"]
     original = engine.images.get(ref)
     source = manifest(tmp_path / "src", f"{{name: app, kind: image, ref: {ref}}}")
-    bundle = build_bundle(source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
+    bundle = build_bundle(
+        source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False, images=collect_images
+    )
 
     (component, _notes) = statement_of(bundle).components
     assert component.kind == "image" and component.image is not None
@@ -186,7 +189,9 @@ def test_tampered_layer_is_refused_before_anything_is_loaded(
         f"{{name: first, kind: image, ref: {test_images['a']}}}",
         f"{{name: second, kind: image, ref: {test_images['b']}}}",
     )
-    bundle = build_bundle(source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
+    bundle = build_bundle(
+        source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False, images=collect_images
+    )
     second = statement_of(bundle).components[1]
     assert second.image is not None
     layer = (
@@ -314,7 +319,9 @@ def test_load_into_an_engine_over_ssh(
     ref = test_images["b"]
     image_id = str(engine.images.get(ref).id)
     source = manifest(tmp_path / "src", f"{{name: app, kind: image, ref: {ref}}}")
-    bundle = build_bundle(source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
+    bundle = build_bundle(
+        source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False, images=collect_images
+    )
     engine.images.remove(ref)
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
     result = load_bundle_images(Admission(trust=root), bundle, engine=ssh_engine)
@@ -482,7 +489,9 @@ def test_reference_images_round_trip_through_a_bundle(
     ]
     source = manifest(tmp_path / "src", *components)
     started = time.monotonic()
-    bundle = build_bundle(source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False)
+    bundle = build_bundle(
+        source, tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False, images=collect_images
+    )
     built = time.monotonic() - started
     root = TrustRoot.load(make_root(keys, tmp_path / "root.json"))
     started = time.monotonic()

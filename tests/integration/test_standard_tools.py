@@ -29,7 +29,8 @@ from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.signer import Key, SSlibKey  # type: ignore[attr-defined]
 
 from enclave.admission import Admission
-from enclave.images.collect import build_bundle
+from enclave.bundle.build import build_bundle
+from enclave.images.collect import collect_images
 from tests.conftest import Keys, make_root
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,11 @@ def test_every_document_checks_with_standard_tools(
         "    - {name: policy, kind: policy, path: ./policy.yaml}\n"
     )
     bundle = build_bundle(
-        src / "bundle.yaml", tmp_path / "out", [keys.ecdsa, keys.mldsa], show_progress=False
+        src / "bundle.yaml",
+        tmp_path / "out",
+        [keys.ecdsa, keys.mldsa],
+        show_progress=False,
+        images=collect_images,
     )
     root_path = make_root(keys, tmp_path / "root.json")
     tree = tmp_path / "published"
