@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -254,7 +255,7 @@ class _Run:
         self,
         trusted: TrustedRoot,
         source: ArchiveSource,
-        tar: Any,
+        tar: tarfile.TarFile,
         member: EnvelopeMember,
         index: VolumeIndex | None,
         admitted: Admitted,
