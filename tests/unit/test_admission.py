@@ -15,7 +15,7 @@ import pytest
 from enclave.admission import Admission
 from enclave.bundle.volumes import split_bundle
 from enclave.cli import main
-from enclave.errors import RotationRefused, ThresholdNotMet
+from enclave.errors import IntegrityError, RotationRefused, ThresholdNotMet
 from enclave.trust.keys import SigningKey
 from enclave.trust.receipts import verify_receipt_log
 from enclave.trust.root import TrustRoot
@@ -123,3 +123,30 @@ def test_the_index_is_still_judged_by_the_rotated_root(
     with pytest.raises(ThresholdNotMet, match=r"volumes\.dsse\.json: bundle signatures not accepted"):
         Admission(state_dir).verify(parts[0], extract_to=tmp_path / "published")
     assert not (tmp_path / "published").exists()
+
+
+def test_a_missing_or_cut_volume_of_a_rotating_bundle_is_named_before_anything_is_read(
+    keys: Keys, newcomer: SigningKey, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    _v2, parts, published = rotated_in_volumes(keys, newcomer, rotate, tmp_path, state_dir)
+    moved = parts[2].rename(tmp_path / "elsewhere")
+    with pytest.raises(IntegrityError, match=rf"{parts[2].name}: volume missing"):
+        Admission(state_dir).verify(parts[0], extract_to=published)
+    moved.rename(parts[2])
+    with parts[1].open("r+b") as handle:
+        handle.truncate(VOLUME - 1)
+    with pytest.raises(IntegrityError, match=r"truncated or padded volume"):
+        Admission(state_dir).verify(parts[0], extract_to=published)
+    assert not published.exists()
+    assert StateDir.open(state_dir).read_root().version == 1  # type: ignore[union-attr]
+
+
+def test_a_recheck_applies_the_carried_roots_but_stores_nothing(
+    keys: Keys, newcomer: SigningKey, rotate: RotateFn, tmp_path: Path, state_dir: Path
+) -> None:
+    _v2, parts, _published = rotated_in_volumes(keys, newcomer, rotate, tmp_path, state_dir)
+    admitted = Admission(state_dir, recheck=True).verify(parts[0])
+    assert admitted.mode == "audit" and admitted.root.version == 2 and admitted.extracted_to is None
+    assert StateDir.open(state_dir).read_root().version == 1  # type: ignore[union-attr]
+    assert StateDir.open(state_dir).read_rollback().bundles == {}
+    assert admitted.receipt is not None  # a re-check still leaves its receipt
