@@ -44,7 +44,7 @@ from enclave.bundle.verify import (
     read_envelope,
     staging_dir,
 )
-from enclave.bundle.volumes import VolumeIndex, bind, locate
+from enclave.bundle.volumes import VolumeIndex, bind, bind_name, locate
 from enclave.canonical import format_time
 from enclave.errors import UnsafeArchiveError, UsageError
 from enclave.trust.keys import PublicKey, SigningKey
@@ -171,12 +171,15 @@ class _Run:
         with ArchiveSource(paths) as source:
             tar = open_archive(source)
             member = read_envelope(source, tar)
-            self.evidence.statement_digest = hashlib.sha256(member.envelope.payload).hexdigest()
+            digest = hashlib.sha256(member.envelope.payload).hexdigest()
+            self.evidence.statement_digest = digest
             self.evidence.claimed_keyids = [s.keyid for s in member.envelope.signatures]
             trusted = self.apply_carried(trusted, source, member)
             if index is not None:
-                self.check_index(trusted, index, member)
-            admitted = self.check_signatures(trusted, source, member, paths)
+                self.check_index(trusted, index, digest)
+            admitted = self.check_signatures(trusted, source, member, paths, digest)
+            if index is not None:
+                bind_name(index, admitted.statement)  # once the statement is parsed, never twice
             self.check_rollback(admitted)
             if admitted.statement.total_size > self.a.max_bytes:
                 raise UnsafeArchiveError(
@@ -211,13 +214,18 @@ class _Run:
         rotated.check_current()  # expiry of the root in use, at the one time fixed for this run
         return rotated
 
-    def check_index(self, trusted: TrustedRoot, index: VolumeIndex, member: EnvelopeMember) -> None:
+    def check_index(self, trusted: TrustedRoot, index: VolumeIndex, digest: str) -> None:
         check = trusted.require("bundle", index.envelope, index.path.name)
-        bind(index, member.envelope.payload)
+        bind(index, digest)
         self.note(f"volume index: {len(index.volumes)} volumes, {check.explain()}, names this statement")
 
     def check_signatures(
-        self, trusted: TrustedRoot, source: ArchiveSource, member: EnvelopeMember, paths: list[Path]
+        self,
+        trusted: TrustedRoot,
+        source: ArchiveSource,
+        member: EnvelopeMember,
+        paths: list[Path],
+        digest: str,
     ) -> Admitted:
         check = trusted.require("bundle", member.envelope, ENVELOPE_NAME)
         self.evidence.saw_signers(check.signers, trusted.root)
@@ -230,7 +238,7 @@ class _Run:
             bundle=source.name,
             files=paths,
             statement=statement,
-            statement_digest=hashlib.sha256(member.envelope.payload).hexdigest(),
+            statement_digest=digest,
             signers=check.signers,
             untrusted_keyids=tuple(s.keyid for s in member.envelope.signatures if s.keyid not in valid),
             root=trusted.root,

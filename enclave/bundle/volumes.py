@@ -244,17 +244,19 @@ def locate(path: Path) -> tuple[list[Path], VolumeIndex | None]:
     return index.paths(), index
 
 
-def bind(index: VolumeIndex, payload: bytes) -> None:
-    """The index names the statement the volumes carry (`payload`, read from the first volume's
-    envelope), and that statement is bundle `index.bundle`: else an index of another bundle, or
-    volumes of another (3). The envelope's signatures are checked by the admission itself."""
-    digest = hashlib.sha256(payload).hexdigest()
+def bind(index: VolumeIndex, digest: str) -> None:
+    """The index names the statement the volumes carry (`digest`: sha256 of the first volume's
+    envelope payload): else an index of another bundle, or volumes of another (3). The
+    envelope's signatures are checked by the admission itself."""
     if digest != index.statement_digest:
         raise IntegrityError(
             f"{index.path.name}: names statement sha256 {index.statement_digest[:16]}, the volumes carry"
             f" {digest[:16]} (the index or the volumes are another bundle's)"
         )
-    statement = BundleStatement.from_payload(payload)
+
+
+def bind_name(index: VolumeIndex, statement: BundleStatement) -> None:
+    """The statement `bind` matched is bundle `index.bundle` (3): checked once it is parsed."""
     if index.bundle != f"{statement.name}-{statement.version}.bundle":
         raise IntegrityError(
             f"{index.path.name}: says bundle {index.bundle};"
