@@ -433,13 +433,10 @@ def provision(d: Demo) -> str:
 
 
 def stack(d: Demo) -> str:
-    from enclave.images.load import verified_statement
-
     inspected = json.loads(_on_host(d.inventory, d.host, f"sudo docker container inspect {' '.join(STACK)}"))
     if d.admitted is None:
         raise UsageError("the bundle was not admitted")
-    statement = verified_statement(d.published, d.admitted.statement_digest)
-    signed = {c.image.id for c in statement.components if c.image is not None}
+    signed = {c.image.id for c in d.admitted.statement.components if c.image is not None}
     lines = []
     for c in inspected:
         host_config = c["HostConfig"]

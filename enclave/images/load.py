@@ -18,7 +18,6 @@ The extraction directory is removed afterwards unless the caller named it (--ext
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -33,18 +32,16 @@ from typing import TYPE_CHECKING, Any
 from enclave.admission import Admission, Admitted
 from enclave.bundle.digest import default_workers
 from enclave.bundle.statement import BundleStatement, ComponentEntry, ImageRecord
-from enclave.bundle.tarformat import CONTENT_PREFIX, ENVELOPE_NAME
+from enclave.bundle.tarformat import CONTENT_PREFIX
 from enclave.errors import IntegrityError, ProvisionError, UsageError
 from enclave.images.engine import connect
 from enclave.images.layout import MAX_CONFIG, ImageLayout, LayoutError, blob_path, make_layout, parse_config
 from enclave.images.store import CHUNK, sha256_file
-from enclave.trust.dsse import Envelope
 
 if TYPE_CHECKING:
     import docker
 
 _LOADED = re.compile(r"^Loaded image(?: ID)?: (\S+)\s*$")
-MAX_ENVELOPE = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,23 +76,6 @@ def extraction_dir(extract_to: Path | None) -> Iterator[Path]:
         yield scratch / "bundle"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def verified_statement(tree: Path, statement_sha256: str) -> BundleStatement:
-    """The statement of a bundle that verification published at `tree`, bound to the digest
-    verification reported (so the directory cannot have been swapped in between)."""
-    path = tree / ENVELOPE_NAME
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_ENVELOPE + 1)
-    except OSError as exc:
-        raise IntegrityError(f"{path}: cannot read the verified envelope: {exc.strerror}") from None
-    if len(raw) > MAX_ENVELOPE:
-        raise IntegrityError(f"{path}: larger than any envelope verification accepts")
-    envelope = Envelope.from_json(raw, ENVELOPE_NAME)
-    if hashlib.sha256(envelope.payload).hexdigest() != statement_sha256:
-        raise IntegrityError(f"{path}: not the statement that was verified")
-    return BundleStatement.from_payload(envelope.payload)
 
 
 def load_verified(

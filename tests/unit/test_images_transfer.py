@@ -310,26 +310,6 @@ def test_an_engine_error_is_a_provisioning_failure(tmp_path: Path) -> None:
 # -- load: the verified tree and the order of things ----------------------------------------------
 
 
-def test_verified_statement_is_bound_to_the_verified_digest(tmp_path: Path) -> None:
-    import hashlib
-
-    from enclave.bundle.statement import BundleStatement, Member
-    from enclave.images.load import verified_statement
-    from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
-
-    exported = export(tmp_path, engine_with())
-    entry = entry_for(exported)
-    members = tuple(Member(name, 1, 0o644, "0" * 96) for name in entry.members)
-    statement = BundleStatement("demo", "1.0.0", "2026-01-01T00:00:00Z", "sha384", 1 << 24, (entry,), members)
-    payload = statement.to_payload()
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / "BUNDLE.dsse.json").write_bytes(Envelope(IN_TOTO_PAYLOAD_TYPE, payload).to_json())
-    assert verified_statement(tree, hashlib.sha256(payload).hexdigest()) == statement
-    with pytest.raises(IntegrityError, match="not the statement that was verified"):
-        verified_statement(tree, "0" * 64)
-
-
 def test_load_verified_needs_image_components(tmp_path: Path) -> None:
     from enclave.bundle.statement import BundleStatement
     from enclave.images.load import load_verified
