@@ -128,7 +128,6 @@ def build(
     IntegrityError (3) is raised after the package is complete, naming them."""
     speak: Say = say or (lambda _line: None)
     trusted = TrustedRoot.load(trust, now)
-    root = trusted.root
     trusted.require_member("audit", key.public, "evidence signer")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out}: exists and is not an empty directory")
@@ -137,7 +136,7 @@ def build(
         raise UsageError(f"{tar}: already exists; an evidence package is never overwritten")
     state = _state_dir(sources.state_dir)
     with published_directory(out) as staging:
-        built = _build(out, staging, sources, state, key, root, trust, now, speak)
+        built = _build(out, staging, sources, state, key, trusted, trust, now, speak)
     write_tar(out, tar, int(now.timestamp()))
     if built.problems:
         more = f" (and {len(built.problems) - 1} more)" if len(built.problems) > 1 else ""
@@ -162,7 +161,7 @@ def _build(
     sources: Sources,
     state: StateDir | None,
     key: SigningKey,
-    root: TrustRoot,
+    trusted: TrustedRoot,
     trust: Path,
     now: datetime,
     say: Say,
@@ -170,6 +169,7 @@ def _build(
     stage = _Stage(staging)
     notes: list[str] = []
     problems: list[str] = []
+    root = trusted.root
     stage.copy("trust/root.json", trust)
     receipts_rel = None
     receipt_docs: list[dict[str, Any]] = []
@@ -192,7 +192,7 @@ def _build(
         staging,
         created=format_time(now),
         window=window,
-        root=TrustedRoot(root, now),  # the root already checked current as of `now`
+        root=trusted,
         signer=key.keyid,
         receipts=receipts_rel,
         statements=statements,
