@@ -377,9 +377,10 @@ def _admission(args: argparse.Namespace, passphrase: bytes | None = None) -> Any
 
 def _admitted(admitted: Any) -> Result:
     """What `bundle verify` prints and its JSON document (`images load` adds its images)."""
+    from enclave.trust.receipts import describe_signers
+
     statement = admitted.statement
     receipt = admitted.receipt or {}
-    roles_of = admitted.root.roles_of
     doc = {
         "bundle": admitted.bundle,
         "name": statement.name,
@@ -387,9 +388,7 @@ def _admitted(admitted: Any) -> Result:
         "result": "verified",
         "mode": admitted.mode,
         "statementDigest": {"sha256": admitted.statement_digest},
-        "signers": [
-            {"keyid": k.keyid, "scheme": k.scheme, "roles": roles_of(k.keyid)} for k in admitted.signers
-        ],
+        "signers": describe_signers(admitted.signers, admitted.root),
         "trustRoot": {"version": admitted.root.version, "digest": admitted.root.digest},
         "checks": admitted.checks,
         "extractedTo": str(admitted.extracted_to) if admitted.extracted_to else None,

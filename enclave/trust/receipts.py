@@ -76,7 +76,12 @@ class Evidence:
     checks: list[str] = field(default_factory=list)
 
     def saw_signers(self, keys: Sequence[PublicKey], root: TrustRoot) -> None:
-        self.signers = [{"keyid": k.keyid, "scheme": k.scheme, "roles": root.roles_of(k.keyid)} for k in keys]
+        self.signers = describe_signers(keys, root)
+
+
+def describe_signers(keys: Sequence[PublicKey], root: TrustRoot) -> list[dict[str, Any]]:
+    """Each valid signer as a receipt (and `bundle verify --json`) names it."""
+    return [{"keyid": k.keyid, "scheme": k.scheme, "roles": root.roles_of(k.keyid)} for k in keys]
 
 
 def _files_digest(files: Sequence[str]) -> str | None:
