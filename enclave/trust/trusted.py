@@ -16,7 +16,7 @@ in role R" question goes through `require` and `require_member`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,7 +35,7 @@ class TrustedRoot:
     at: datetime
     notes: tuple[str, ...] = ()
     stored_digest: str | None = None  # the state directory's root this run started from
-    carried: int = field(default=0)  # roots a bundle carried that were applied
+    carried: int = 0  # roots the bundle carried (applied or, when older, skipped)
 
     # -- building -------------------------------------------------------------------------------
     @classmethod
