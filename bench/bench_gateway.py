@@ -1048,6 +1048,22 @@ def print_cpu(*rows: dict[str, Any]) -> None:
         print(f"{label:30}{values}{_ratio(rows[-1][key], rows[-2][key]):>12}")
 
 
+def _print_mtls_rows(rate: str, d: dict[str, Any], p: dict[str, Any], m: dict[str, Any]) -> None:
+    """Rate, p50 and p99 latency and CPU of direct, plain and mTLS, with the mTLS/plain ratio."""
+    print(f"{rate:30}{d['rps']:>9.0f}{p['rps']:>9.0f}{m['rps']:>9.0f}{_ratio(m['rps'], p['rps']):>12}")
+    for key in ("p50_ms", "p99_ms"):
+        name = key.replace("_ms", "")
+        values = "".join(f"{v[key]:>9.2f}" for v in (d, p, m))
+        print(f"{'  ' + name + ' latency ms':30}{values}{_ratio(m[key], p[key]):>12}")
+    print_cpu(d, p, m)
+
+
+def _print_errors(phase: dict[str, Any]) -> None:
+    errors = {n: phase[n]["errors"] for n in ("direct", "gateway", "mtls")}
+    if any(errors.values()):
+        print(f"  non-200 answers: {errors}")
+
+
 def print_mtls(t: dict[str, Any]) -> None:
     run = t["runs"]
     tls = t["tls"]
@@ -1063,15 +1079,7 @@ def print_mtls(t: dict[str, Any]) -> None:
         offered = f" (offered {run['rate']:.0f} req/s)" if phase == "paced" else ""
         print(f"keep-alive, {phase}{offered}")
         print(head)
-        print(
-            f"{'  requests/s':30}{d['rps']:>9.0f}{p['rps']:>9.0f}{m['rps']:>9.0f}"
-            f"{_ratio(m['rps'], p['rps']):>12}"
-        )
-        for key in ("p50_ms", "p99_ms"):
-            name = key.replace("_ms", "")
-            values = "".join(f"{v[key]:>9.2f}" for v in (d, p, m))
-            print(f"{'  ' + name + ' latency ms':30}{values}{_ratio(m[key], p[key]):>12}")
-        print_cpu(d, p, m)
+        _print_mtls_rows("  requests/s", d, p, m)
         for key in ("p50_ms", "p99_ms"):
             name = key.replace("_ms", "")
             over_p, over_m = p[key] - d[key], m[key] - d[key]
@@ -1079,27 +1087,15 @@ def print_mtls(t: dict[str, Any]) -> None:
                 f"{'  ' + name + ' overhead ms':30}{'':>9}{over_p:>+9.2f}{over_m:>+9.2f}"
                 f"{_ratio(over_m, over_p):>12}   mTLS adds {over_m - over_p:+.2f} ms"
             )
-        errors = {n: run[phase][n]["errors"] for n in ("direct", "gateway", "mtls")}
-        if any(errors.values()):
-            print(f"  non-200 answers: {errors}")
+        _print_errors(run[phase])
         added = (m["p50_ms"] - d["p50_ms"]) - (p["p50_ms"] - d["p50_ms"])
         met = "met" if added <= MTLS_TARGET_P50_MS else "MISSED"
         verdicts.append(f"{phase}: {added:+.2f} ms ({met})")
     d, p, m = (run["new_connections"][n] for n in ("direct", "gateway", "mtls"))
     print(f"new connection per request ({d['requests']}/{p['requests']}/{m['requests']} requests)")
     print(head)
-    print(
-        f"{'  connections/s (TLS: handshakes)':30}{d['rps']:>9.0f}{p['rps']:>9.0f}{m['rps']:>9.0f}"
-        f"{_ratio(m['rps'], p['rps']):>12}"
-    )
-    for key in ("p50_ms", "p99_ms"):
-        name = key.replace("_ms", "")
-        values = "".join(f"{v[key]:>9.2f}" for v in (d, p, m))
-        print(f"{'  ' + name + ' latency ms':30}{values}{_ratio(m[key], p[key]):>12}")
-    print_cpu(d, p, m)
-    errors = {n: run["new_connections"][n]["errors"] for n in ("direct", "gateway", "mtls")}
-    if any(errors.values()):
-        print(f"  non-200 answers: {errors}")
+    _print_mtls_rows("  connections/s (TLS: handshakes)", d, p, m)
+    _print_errors(run["new_connections"])
     print_audit(t, "mtls gateway ")
     print(
         f"target at {run['clients']} clients, mTLS adds at most {MTLS_TARGET_P50_MS:.0f} ms p50 to the "
