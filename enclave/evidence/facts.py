@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from enclave.canonical import format_time
 from enclave.errors import MALFORMED_DOCUMENT, EnclaveError
 from enclave.strictjson import strict_json
 from enclave.trust.dsse import Envelope
@@ -270,7 +271,7 @@ def _timeline(times: list[tuple[datetime, str]]) -> dict[str, Any]:
     return {
         "bucketSeconds": size,
         "buckets": [
-            {"start": (origin + timedelta(seconds=i * size)).strftime("%Y-%m-%dT%H:%M:%SZ"), "counts": b}
+            {"start": format_time(origin + timedelta(seconds=i * size)), "counts": b}
             for i, b in enumerate(buckets)
         ],
     }

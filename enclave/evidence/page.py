@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from enclave.canonical import format_time
 from enclave.evidence.facts import CATEGORIES, SERIES, STATUSES
 
 STATUS_LABEL = {
@@ -196,8 +197,8 @@ def timeline_chart(ident: str, events: Sequence[dict[str, Any]]) -> str:
                 'stroke-width="3">'
                 f"<title>{_e(event['time'])} refused {_e(name)}</title></path>"
             )
-    body.append(f'<text x="{left}" y="105">{_e(_fmt(start))}</text>')
-    body.append(f'<text x="{width - right}" y="105" text-anchor="end">{_e(_fmt(end))}</text>')
+    body.append(f'<text x="{left}" y="105">{_e(format_time(start))}</text>')
+    body.append(f'<text x="{width - right}" y="105" text-anchor="end">{_e(format_time(end))}</text>')
     admitted = sum(1 for e in events if e["result"] == "verified")
     desc = f"{admitted} admitted (circles above the line), {len(events) - admitted} refused (crosses below)"
     return _svg(ident, "Bundle verifications over time", desc, width, height, "".join(body))
@@ -240,10 +241,6 @@ def decisions_chart(ident: str, timeline: dict[str, Any]) -> str:
 
 def _parse(text: str) -> datetime:
     return datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-
-
-def _fmt(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- sections ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from enclave.canonical import format_time, parse_time
 from enclave.errors import MALFORMED_DOCUMENT, IntegrityError, TrustError, UsageError
 from enclave.fileio import os_error, read_regular
 from enclave.trust.keys import PublicKey, SigningKey
@@ -82,15 +83,11 @@ class CertIdentity:
             "subject": self.subject,
             "fingerprint": self.fingerprint,
             "serial": self.serial_hex,
-            "not_before": _text(self.not_before),
-            "not_after": _text(self.not_after),
+            "not_before": format_time(self.not_before),
+            "not_after": format_time(self.not_after),
             "keyid": self.keyid,
             "hosts": list(self.hosts),
         }
-
-
-def _text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_name(name: str) -> str:
@@ -330,10 +327,10 @@ def issue(
                 "name": name,
                 "role": checked,
                 "fingerprint": identity.fingerprint,
-                "not_after": _text(identity.not_after),
+                "not_after": format_time(identity.not_after),
                 "keyid": identity.keyid,
                 "hosts": list(identity.hosts),
-                "issued": _text(now),
+                "issued": format_time(now),
             }
         )
         _write_index(ca_dir, index)
@@ -373,7 +370,9 @@ def revoke(
             if cert is None and not any(int(i["serial"], 16) == number for i in index["issued"]):
                 raise UsageError(f"--serial {serial}: this CA never issued it (see {ca_dir / INDEX})")
             if not any(int(r["serial"], 16) == number for r in index["revoked"]):
-                index["revoked"].append({"serial": format(number, "x"), "time": _text(now), "reason": reason})
+                index["revoked"].append(
+                    {"serial": format(number, "x"), "time": format_time(now), "reason": reason}
+                )
         path = _sign_crl(ca, index, now, crl_days)
     return (number or 0), path
 
@@ -396,7 +395,7 @@ def _sign_crl(ca: CA, index: dict[str, Any], now: datetime, days: int) -> Path:
         revoked = (
             x509.RevokedCertificateBuilder()
             .serial_number(int(entry["serial"], 16))
-            .revocation_date(datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC))
+            .revocation_date(parse_time(entry["time"]))
             .add_extension(x509.CRLReason(REASONS[entry["reason"]]), critical=False)
             .build()
         )
@@ -436,7 +435,8 @@ def load_crl(path: Path, ca_cert: x509.Certificate, now: datetime | None = None)
         raise TrustError(f"{path}: the CRL has no next-update time")
     if now is not None and now >= next_update:
         raise TrustError(
-            f"{path}: the CRL expired at {_text(next_update)}; re-sign it with `enclave ca revoke --ca DIR`"
+            f"{path}: the CRL expired at {format_time(next_update)}; "
+            "re-sign it with `enclave ca revoke --ca DIR`"
         )
     try:
         number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)

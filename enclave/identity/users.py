@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
+from enclave.canonical import format_time
 from enclave.errors import DocumentLimitError, TrustError, UsageError
 from enclave.fileio import read_regular
 from enclave.identity.ca import ROLES, Role, check_name, check_role
@@ -146,7 +147,7 @@ def add_api_key(
     if any(u.name == name for u in current.users):
         raise UsageError(f"{path}: user {name!r} already has a key; revoke it first")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    created = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = format_time(now or datetime.now(UTC))
     user = ApiUser(name, checked, key_hash(key), approver_key.keyid if approver_key else None, created)
     write_users(path, Users(current.version + 1, (*current.users, user)), ca_key)
     return key

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from enclave.canonical import format_time
 from enclave.errors import EnclaveError, UsageError
 from enclave.identity.ca import (
     CertIdentity,
@@ -67,7 +68,7 @@ class Pair:
             "name": i.name,
             "fingerprint": i.fingerprint,
             "serial": i.serial_hex,
-            "notAfter": i.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "notAfter": format_time(i.not_after),
             "hosts": list(i.hosts),
         }
 
@@ -188,13 +189,9 @@ def _ca(path: Path, now: datetime) -> x509.Certificate:
         raise UsageError(f"{path}: not a CA certificate (give the enclave CA's ca.pem)")
     if not ca.not_valid_before_utc <= now < ca.not_valid_after_utc:
         raise UsageError(
-            f"{path}: the CA certificate is not valid now (until {_when(ca.not_valid_after_utc)})"
+            f"{path}: the CA certificate is not valid now (until {format_time(ca.not_valid_after_utc)})"
         )
     return ca
-
-
-def _when(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _pair(
@@ -224,9 +221,9 @@ def _pair(
     except ValueError as exc:
         raise fail(f"{cert_path.name} names no enclave identity: {exc}") from None
     if now >= identity.not_after:
-        raise fail(f"{cert_path.name} expired at {_when(identity.not_after)}")
+        raise fail(f"{cert_path.name} expired at {format_time(identity.not_after)}")
     if now < identity.not_before:
-        raise fail(f"{cert_path.name} is not valid before {_when(identity.not_before)}")
+        raise fail(f"{cert_path.name} is not valid before {format_time(identity.not_before)}")
     if identity.role != ROLE:
         raise fail(f"{cert_path.name} has role {identity.role}; a host's certificates have role {ROLE}")
     if not _server_use(cert):

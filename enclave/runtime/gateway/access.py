@@ -20,6 +20,7 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from enclave.canonical import format_time
 from enclave.errors import EnclaveError, UsageError
 from enclave.identity.ca import CertIdentity, RevocationList, certificate_identity, load_certificate, load_crl
 from enclave.identity.users import Users, load_users
@@ -235,7 +236,7 @@ class Authenticator:
         if now >= parsed.not_after:
             raise AuthFailure(
                 "certificate_expired",
-                f"client certificate expired at {parsed.not_after:%Y-%m-%dT%H:%M:%SZ}",
+                f"client certificate expired at {format_time(parsed.not_after)}",
                 user,
             )
         if now < parsed.not_before:
