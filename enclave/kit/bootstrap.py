@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
 """verify-kit.py: check an enclave kit before any of its code runs (docs/OPERATIONS.md 15).
 
-    python3 verify-kit.py KIT_DIR --trust root.json
+    python3 -I verify-kit.py KIT_DIR --trust root.json
 
 One file, the Python standard library and the `openssl` command-line tool; nothing of the kit
 is imported or run. Use a copy you trust: one that came with root.json through the trusted
 channel (compare its SHA-384 with the one `enclave kit build` printed), not the kit's own copy.
+
+It needs Python 3.9 or later (RHEL 9's python3 is 3.9, Ubuntu 22.04's 3.10) and runs isolated,
+`python3 -I` (no user site-packages, no PYTHON* variables, no script or current directory on
+the path; `-I -S`, without any site-packages, works as well). So it keeps to 3.9's grammar
+and standard library: no `match`, no `X | Y` outside annotations (they stay unevaluated),
+`timezone.utc` for datetime.UTC, no zip(strict=); tests/unit/test_kit.py checks.
+enclave itself, installed from the kit, needs the Python the kit was built for (3.11 or later).
 
 1. root.json, trusted as it came (its own signatures are not checked here: it is the anchor).
    Its expiry is checked; the ECDSA P-384 keys of its `bundle` role are the signers accepted.
@@ -35,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +57,8 @@ MAX_FILES = 10_000
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
 _HEX = {"sha256": re.compile(r"[0-9a-f]{64}"), "sha384": re.compile(r"[0-9a-f]{96}")}
 USAGE, INTEGRITY, TRUST = 2, 3, 4
+MIN_PYTHON = (3, 9)  # RHEL 9's python3; no datetime.UTC, no zip(strict=), no match here
+UTC = timezone.utc
 
 
 class KitError(Exception):
@@ -150,7 +159,7 @@ def read_statement(payload: bytes) -> Statement:
         if not 0 < len(subjects) <= MAX_FILES:
             raise ValueError(f"a kit has 1 to {MAX_FILES} files")
         files: list[KitFile] = []
-        for index, (subject, entry) in enumerate(zip(subjects, sizes, strict=True)):
+        for index, (subject, entry) in enumerate(zip(subjects, sizes)):  # lengths equal: above
             name = _str(_fields(subject, {"name", "digest"}, f"subject[{index}]")["name"], "name")
             _fields(entry, {"name", "size"}, f"predicate.files[{index}]")
             if entry["name"] != name:
@@ -336,11 +345,18 @@ def verify(kit: Path, root_path: Path, now: datetime | None = None) -> list[str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="verify-kit.py", description="Check an enclave kit before any of its code runs."
+        prog="verify-kit.py",
+        description="Check an enclave kit before any of its code runs.",
+        epilog="Needs Python 3.9 or later (standard library only; python3 -I is enough) and the "
+        "openssl command. Exit 0: the kit is what the bundle role signed; 2: bad input; 3: a file "
+        "differs, is missing or is extra; 4: no trusted signature holds, or root.json has expired.",
     )
     parser.add_argument("kit", type=Path, help="the kit directory")
     parser.add_argument("--trust", required=True, type=Path, help="root.json from the trusted channel")
     args = parser.parse_args(argv)
+    if sys.version_info < MIN_PYTHON:
+        print(f"verify-kit: REFUSED: needs Python {'.'.join(map(str, MIN_PYTHON))} or later", file=sys.stderr)
+        return USAGE
     try:
         lines = verify(args.kit, args.trust)
     except KitError as exc:

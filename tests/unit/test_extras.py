@@ -9,12 +9,16 @@ import re
 import subprocess
 import sys
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from enclave import cli
 from enclave.extras import EXTRA_OF_MODULE
+from enclave.provision import cklb
+from enclave.trust.keys import SigningKey
+from enclave.trust.root import TrustRoot, sign_document
 
 REPO = Path(__file__).resolve().parents[2]
 OPTIONAL = ("provision", "runtime", "images", "evidence")
@@ -101,3 +105,87 @@ def test_real_commands_without_their_extra(module: str, argv: list[str], tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert f"enclave[{EXTRA_OF_MODULE[module]}] ({module} is not installed)" in proc.stderr
+
+
+# The modules of every other extra: `evidence build` runs with none of them (docs/OPERATIONS.md 15).
+OTHER_EXTRAS = sorted(m for m, extra in EXTRA_OF_MODULE.items() if extra != "evidence")
+
+
+def _evidence_inputs(work: Path) -> list[str]:
+    """An audit key, a trust root with an audit role and one real CKLB checklist (read with
+    enclave.provision.cklb, the module that once pulled paramiko in): `evidence build` argv."""
+    keys = {name: SigningKey.generate("ecdsa-p384") for name in ("root", "bundle", "audit")}
+    keys["audit"].write(work / "audit", None)
+    signed = TrustRoot.create(
+        {name: [key.public] for name, key in keys.items()},
+        {},
+        datetime.now(UTC) + timedelta(days=30),
+        hybrid_roles=(),
+    )
+    (work / "root.json").write_bytes(sign_document(signed, [keys["root"]]))
+    catalogue = cklb.load_catalogue(REPO / "playbooks")
+    (work / "checklists").mkdir()
+    doc = cklb.build_checklist("host1", {"address": "127.0.0.11"}, catalogue, {}, "extras test")
+    cklb.write_checklist(work / "checklists" / "host1.cklb", doc)
+    return ["evidence", "build", "--out", str(work / "package"), "--key", str(work / "audit"),
+            "--trust", str(work / "root.json"), "--checklists", str(work / "checklists")]  # fmt: skip
+
+
+def _without(modules: list[str], argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    code = (
+        f"import sys\nfor m in {modules!r}: sys.modules[m] = None\n"
+        f"import enclave.cli as c; sys.exit(c.main({argv!r}))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120, check=False
+    )
+
+
+def test_evidence_build_needs_only_the_evidence_extra(tmp_path: Path) -> None:
+    argv = _evidence_inputs(tmp_path)
+    without_others = _without(OTHER_EXTRAS, argv, tmp_path)
+    assert without_others.returncode == 0, without_others.stderr
+    assert (tmp_path / "package" / "poam.xlsx").is_file()
+    assert (tmp_path / "package" / "checklists" / "host1.cklb").is_file()
+    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    without_openpyxl = _without(["openpyxl"], argv, tmp_path)
+    assert without_openpyxl.returncode == 2, without_openpyxl.stderr
+    assert "enclave[evidence] (openpyxl is not installed)" in without_openpyxl.stderr.splitlines()[-1]
+    assert not (tmp_path / "again").exists()
+
+
+def test_provision_imports_without_its_extra_and_names_it_on_use() -> None:
+    code = (
+        "import sys\nsys.modules['paramiko'] = None\nimport enclave.provision as p\n"
+        "import enclave.provision.cklb, enclave.provision.report\n"
+        "try:\n    p.provision\nexcept ModuleNotFoundError as e:\n    print(e.name)\n"
+        "from enclave.provision import Options"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    last = proc.stderr.splitlines()[-1]  # `from enclave.provision import Options`: the same error
+    assert proc.stdout == "paramiko\n" and last.startswith("ModuleNotFoundError") and "paramiko" in last
+    from enclave.provision import Options, provision  # installed: the function, not the submodule
+
+    assert (
+        callable(provision)
+        and not isinstance(provision, type(sys))
+        and Options.__module__.endswith(".provision")
+    )
+
+
+def test_the_install_table_lists_every_extra_and_what_it_brings() -> None:
+    """docs/OPERATIONS.md 15, "What to install": one row per extra but dev, naming its
+    distributions as pyproject.toml does; the core row names the core's."""
+    text = (REPO / "docs" / "OPERATIONS.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `enclave(\[\w+\])?` \|[^|]*\|\s*([^|]*?)\s*\|$", text, re.MULTILINE))
+    extras = _extras()
+    assert set(rows) == {"", *(f"[{e}]" for e in extras if e != "dev")}
+    named = {
+        key: {_canonical(n) for n in re.split(r",\s*", value.strip()) if n} for key, value in rows.items()
+    }
+    for extra in OPTIONAL:
+        assert named[f"[{extra}]"] == extras[extra], extra
+    assert named["[all]"] == set()  # "everything"
+    assert named[""] == {_canonical(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) for r in _core()}
