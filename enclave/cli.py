@@ -600,33 +600,49 @@ def cmd_guard_eval(args: argparse.Namespace) -> Result:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> Result:
+    from enclave.fileio import read_regular
     from enclave.guard.model import load_guard
-    from enclave.runtime.gateway.decide import decide
+    from enclave.runtime.gateway.decide import decide, guard_texts
+    from enclave.runtime.gateway.inspect import MAX_BODY, BadRequest, parse_body, request_hash, texts_of
     from enclave.runtime.gateway.policy import load_policy
 
     policy = load_policy(Path(args.policy))
     guard = load_guard(Path(args.guard)) if args.guard else None
-    prompts = list(args.text)
+    # (label, texts for the rules, texts for the guard, request hash): a prompt is one user
+    # message; a request body is decided exactly as the gateway decides it (replay of a record).
+    cases: list[tuple[str, list[str], list[str], str | None]] = [(t, [t], [t], None) for t in args.text]
     if args.file:
         try:
-            prompts += [line for line in Path(args.file).read_text("utf-8").splitlines() if line.strip()]
+            lines = Path(args.file).read_text("utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{args.file}: cannot read prompts: {exc}") from None
-    if not prompts:
-        raise UsageError("give TEXT or --file FILE (one prompt per line)")
+        cases += [(t, [t], [t], None) for t in lines if t.strip()]
+    for name in args.request or ():
+        body = read_regular(Path(name), "request body", MAX_BODY)
+        try:
+            doc = parse_body(body)
+        except BadRequest as exc:
+            raise UsageError(f"{name}: {exc}") from None
+        cases.append((name, texts_of(doc), guard_texts(doc), request_hash("POST", args.path, body)))
+    if not cases:
+        raise UsageError("give TEXT, --file FILE (one prompt per line) or --request BODY.json")
     lines, docs = [], []
-    for text in prompts:
-        decision = decide(policy, guard, [text])
-        judged = guard.judge([text], explain=True) if guard else None
+    for label, texts, guard_input, digest in cases:
+        decision = decide(policy, guard, texts, guard_input=guard_input)
+        judged = guard.judge(guard_input, explain=True) if guard else None
         doc = {
-            "text": text,
+            "text": label,
             "decision": decision.action,
             "layer": decision.layer,
             "rule": decision.rule_id,
             "guard": judged.record() | {"evidence": judged.evidence} if judged else None,
         }
+        if digest:
+            doc["request_hash"] = digest
         docs.append(doc)
-        line = f"{decision.action:<6} {decision.layer:<13} {decision.rule_id or '-':<36} {text[:70]}"
+        line = f"{decision.action:<6} {decision.layer:<13} {decision.rule_id or '-':<36} {label[:70]}"
+        if digest:
+            line += f"\n       request_hash={digest} (POST {args.path})"
         if judged:
             scores = " ".join(f"{k}={v:.3f}" for k, v in judged.scores.items())
             evidence = ", ".join(f"{t[2:]!r} {c:+.2f}" for t, c in judged.evidence) or "-"
@@ -940,24 +956,34 @@ def cmd_kit_build(args: argparse.Namespace) -> Result:
     return "\n".join(lines), doc
 
 
+def _kit_root(args: argparse.Namespace) -> Any:
+    """The root that judges a kit: the stored one when this host has a state directory (a
+    root.json rotated away since, or revoking a key, is not the anchor any more), else --trust."""
+    from enclave.trust.root import TrustRoot
+    from enclave.trust.state import StateDir, default_state_dir
+    from enclave.trust.trusted import TrustedRoot
+
+    path = Path(args.state_dir) if args.state_dir else default_state_dir()
+    stored = StateDir.existing(path).read_root() if args.state_dir or path.is_dir() else None
+    return TrustedRoot.resolve(stored, TrustRoot.load(Path(args.trust))).root
+
+
 def cmd_kit_verify(args: argparse.Namespace) -> Result:
     from enclave.kit.install import verify_kit
-    from enclave.trust.root import TrustRoot
 
-    verified = verify_kit(Path(args.kit), TrustRoot.load(Path(args.trust)), _now(args))
+    verified = verify_kit(Path(args.kit), _kit_root(args), _now(args))
     doc = _kit_doc(verified)
     return f"{args.kit}: enclave {doc['version']} kit verified: {doc['files']} files, bundle role met", doc
 
 
 def cmd_kit_install(args: argparse.Namespace) -> Result:
     from enclave.kit.install import install_kit, kit_in_bundle, verify_kit
-    from enclave.trust.root import TrustRoot
 
-    root, now = TrustRoot.load(Path(args.trust)), _now(args)
+    root, now = _kit_root(args), _now(args)
     bundle = Path(args.bundle_dir) if args.bundle_dir else None
     kit = kit_in_bundle(bundle, root, now, args.component) if bundle else Path(args.kit)
     verified = verify_kit(kit, root, now)
-    line = install_kit(verified, Path(args.python) if args.python else None)
+    line = install_kit(verified, Path(args.python) if args.python else None, args.allow_downgrade)
     text = f"{kit}: enclave {verified.statement.version} kit verified and installed: {line}"
     return text, _kit_doc(verified)
 
@@ -1023,6 +1049,11 @@ def _agent_tls_arguments(p: argparse.ArgumentParser) -> None:
         help="the agent's service certificate: shown to the gateway, serves /metrics",
     )
     p.add_argument("--tls-key", metavar="KEY", help="its key (ENCLAVE_KEY_PASSPHRASE if encrypted)")
+
+
+STORED_ROOT_HELP = (
+    "its stored trust root is the anchor when there is one (default: $ENCLAVE_STATE_DIR or /var/lib/enclave)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1178,6 +1209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub(kit, "verify", cmd_kit_verify, "check a kit: bundle role signatures, every file's digests")
     p.add_argument("kit", metavar="DIR", help="the kit directory")
     p.add_argument("--trust", required=True, metavar="ROOT", help="root.json: its bundle role signs kits")
+    p.add_argument("--state-dir", metavar="DIR", help=STORED_ROOT_HELP)
     p = sub(kit, "install", cmd_kit_install, "verify a kit, then install it offline (pip --no-index)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle-dir", metavar="DIR", help="a verified bundle carrying the kit (wheelhouse)")
@@ -1185,6 +1217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--component", metavar="NAME", help="the wheelhouse component, if the bundle has several")
     p.add_argument("--trust", required=True, metavar="ROOT", help="root.json: its bundle role signs kits")
     p.add_argument("--python", metavar="PATH", help="install into this interpreter's environment")
+    p.add_argument("--state-dir", metavar="DIR", help=STORED_ROOT_HELP)
+    p.add_argument(
+        "--allow-downgrade", action="store_true",
+        help="install a kit older than the enclave installed there (refused otherwise, exit 5)",
+    )  # fmt: skip
 
     store = top.add_parser("store", help="the high side's content store").add_subparsers(
         dest="action", required=True
@@ -1315,6 +1352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", metavar="FILE", help="more prompts, one per line")
     p.add_argument("--policy", required=True, metavar="FILE", help="the policy rules")
     p.add_argument("--guard", metavar="DIR", help="the learned guard (default: rules only)")
+    p.add_argument(
+        "--request", action="append", metavar="BODY.json",
+        help="a request body, decided as the gateway decides it (repeatable); replays a logged decision",
+    )  # fmt: skip
+    p.add_argument(
+        "--path", default="/v1/chat/completions", metavar="PATH",
+        help="the route the bodies were sent to, for their request_hash (default /v1/chat/completions)",
+    )  # fmt: skip
 
     p = sub(top, "approve", cmd_approve, "sign an approval (or denial) of a held request")
     p.add_argument("request_id", help="the held request's id (HTTP 202 answer)")

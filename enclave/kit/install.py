@@ -10,6 +10,9 @@ its `bundle` role, and with the hybrid rule one ECDSA P-384 and one ML-DSA-87 si
 the kit component's files are re-hashed against the bundle's signed statement, then the kit
 itself is checked as above. Only then does pip run: `--no-index --find-links KIT
 --require-hashes`, into the environment of `--python` (default: the one enclave runs in).
+A kit older than the enclave already installed there is a downgrade, refused (RollbackRefused,
+exit 5) unless the operator asks for it: an older signed kit lying on the media is no way back
+to a version with known holes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,21 @@ from pathlib import Path
 from enclave.bundle.digest import digest_files
 from enclave.bundle.statement import BundleStatement
 from enclave.bundle.tarformat import CONTENT_PREFIX, ENVELOPE_NAME
-from enclave.errors import EnclaveError, IntegrityError, ProvisionError, TrustError, UsageError
+from enclave.errors import (
+    EnclaveError,
+    IntegrityError,
+    ProvisionError,
+    RollbackRefused,
+    TrustError,
+    UsageError,
+)
 from enclave.fileio import read_regular, require_regular
 from enclave.kit import bootstrap
 from enclave.kit.bootstrap import STATEMENT, KitError, Statement
 from enclave.kit.build import REQUIREMENTS
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, MAX_ENVELOPE, Envelope
 from enclave.trust.root import TrustRoot
+from enclave.trust.state import SemVer
 from enclave.trust.trusted import TrustedRoot
 
 PIP_TIMEOUT = 1800  # seconds
@@ -106,13 +117,50 @@ def python_version(python: Path) -> str:
     return proc.stdout.strip()
 
 
-def install_kit(verified: VerifiedKit, python: Path | None = None) -> str:
+_INSTALLED = (
+    "import importlib.metadata as m\n"
+    "try:\n    print(m.version('enclave'))\n"
+    "except m.PackageNotFoundError:\n    pass\n"
+)
+
+
+def installed_version(python: Path) -> str | None:
+    """The enclave version installed in `python`'s environment, or None."""
+    try:
+        proc = subprocess.run(
+            [str(python), "-I", "-c", _INSTALLED], capture_output=True, text=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise UsageError(f"{python}: cannot run this Python: {exc}") from None
+    return proc.stdout.strip() or None
+
+
+def check_not_older(kit_version: str, installed: str | None, where: str) -> None:
+    """RollbackRefused if `kit_version` is older than `installed` (versions compared as semver)."""
+    if installed is None:
+        return
+    try:
+        older = SemVer.parse(kit_version) < SemVer.parse(installed)
+    except ValueError as exc:
+        raise UsageError(f"enclave {kit_version} against the installed {installed}: {exc}") from None
+    if older:
+        raise RollbackRefused(
+            f"the kit's enclave {kit_version} is older than the {installed} installed in {where}: "
+            "a downgrade (--allow-downgrade if that is what you mean)",
+            name="enclave", version=kit_version, accepted=installed,
+        )  # fmt: skip
+
+
+def install_kit(verified: VerifiedKit, python: Path | None = None, allow_downgrade: bool = False) -> str:
     """pip, offline, from the verified kit into `python`'s environment; returns pip's last line."""
     interpreter = python or Path(sys.executable)
     have = python_version(interpreter)
     if have != verified.statement.python:
         want = verified.statement.python
         raise UsageError(f"{verified.path}: the kit is for Python {want}; {interpreter} is Python {have}")
+    if not allow_downgrade:
+        where = f"{interpreter}'s environment"
+        check_not_older(verified.statement.version, installed_version(interpreter), where)
     command = [str(interpreter), "-m", "pip", "--isolated", "install", "--no-index"]
     command += ["--find-links", str(verified.path), "--require-hashes", "--no-cache-dir"]
     command += ["--disable-pip-version-check", "--no-input", "-r", str(verified.path / REQUIREMENTS)]

@@ -23,15 +23,16 @@ import pytest
 
 from enclave.canonical import canonical
 from enclave.cli import main
-from enclave.errors import EnclaveError, IntegrityError, TrustError, UsageError
+from enclave.errors import EnclaveError, IntegrityError, RollbackRefused, TrustError, UsageError
 from enclave.kit import bootstrap
 from enclave.kit import build as kitbuild
 from enclave.kit.build import build_kit, platform_tags
-from enclave.kit.install import install_kit, kit_in_bundle, verify_kit
+from enclave.kit.install import install_kit, installed_version, kit_in_bundle, verify_kit
 from enclave.trust.dsse import IN_TOTO_PAYLOAD_TYPE, Envelope
 from enclave.trust.keys import SigningKey
 from enclave.trust.root import TrustRoot
-from tests.conftest import Keys, make_root
+from enclave.trust.state import StateDir
+from tests.conftest import Keys, RotateFn, make_root
 from tests.unit.test_sbom import validate
 
 PACKAGE = Path(bootstrap.__file__).parent
@@ -250,6 +251,39 @@ def test_install_refuses_a_kit_for_another_python(make_kit: BuildKit, root: Path
     verified = verify_kit(make_kit(python=other), TrustRoot.load(root), now())
     with pytest.raises(UsageError, match="the kit is for Python"):
         install_kit(verified)
+
+
+def test_an_older_kit_is_a_downgrade_refused_unless_asked(
+    make_kit: BuildKit, root: Path, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    install_kit(verify_kit(make_kit(), TrustRoot.load(root), now()), python)  # enclave 0.1.0
+    older = fake_wheel(tmp_path / "old-wheels", "enclave", "0.0.9", ["provision", "runtime", "images", "all"])
+    monkeypatch.setattr(kitbuild, "project_wheel", lambda: older)
+    monkeypatch.setattr(kitbuild, "dependencies", lambda *_args: [])
+    build_kit(tmp_path / "old-kit", [keys.ecdsa, keys.mldsa])
+    verified = verify_kit(tmp_path / "old-kit", TrustRoot.load(root), now())
+    assert verified.statement.version == "0.0.9"
+    with pytest.raises(RollbackRefused, match=r"0\.0\.9 is older than the 0\.1\.0 installed"):
+        install_kit(verified, python)
+    assert installed_version(python) == "0.1.0"  # nothing was touched
+    install_kit(verified, python, allow_downgrade=True)
+    assert installed_version(python) == "0.0.9"
+
+
+def test_a_kit_is_judged_by_the_stored_root_not_an_older_given_one(
+    make_kit: BuildKit, root: Path, keys: Keys, rotate: RotateFn, tmp_path: Path
+) -> None:
+    kit = make_kit()  # signed by ecdsa and mldsa
+    assert main(["kit", "verify", str(kit), "--trust", str(root), "--state-dir", str(tmp_path / "none")]) == 2
+    state = tmp_path / "state"
+    assert main(["kit", "verify", str(kit), "--trust", str(root)]) == 0  # no root stored yet
+    # This host rotated to v2, which revokes the ECDSA key that signed the kit.
+    v2 = rotate(root, [keys.root], add={"bundle": [keys.stranger]}, revoke=[keys.ecdsa])
+    StateDir.open(state).store_root(TrustRoot.load(v2))
+    assert main(["kit", "verify", str(kit), "--trust", str(root), "--state-dir", str(state)]) == 4
 
 
 def test_a_kit_travels_in_a_bundle(make_kit: BuildKit, root: Path, keys: Keys, tmp_path: Path) -> None:
