@@ -5,11 +5,18 @@ Pure functions, no I/O. The text first goes through the gateway's policy normali
 rules see through is also seen through here. Two blocks of features, each L2-normalised and
 scaled by 1/sqrt(2): word uni- and bigrams, and character 3- to 5-grams inside each word
 (padded with a space on both sides), which carry misspellings and unseen inflections.
+
+`decoded_views` gives what an encoded request says once decoded (base64 runs, ROT13): the
+model behind the gateway can read those encodings, so the guard judges them too.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +29,11 @@ _BLOCK_SCALE = 1 / math.sqrt(2)
 # part of a request's features, and the same words recur from request to request.
 WordCache = dict[str, tuple[int, ...]]
 MAX_CACHED_WORDS = 200_000
+DECODED_VIEWS = ("base64", "rot13")
+# A base64 run long enough to carry a request (12+ bytes decoded), standard or URL-safe alphabet.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+MAX_VIEWS = 8  # decoded texts judged per request at most: a bound on work
+_NESTING = 2  # base64 inside base64 is decoded this deep
 
 
 def tokens(text: str) -> list[str]:
@@ -79,3 +91,39 @@ def vectorise(
                 entries[index] = value / norm * _BLOCK_SCALE
     ordered = sorted(entries)
     return ordered, [entries[i] for i in ordered]
+
+
+def decoded_views(text: str) -> list[str]:
+    """The text under ROT13, and every base64 run in it (to `_NESTING` levels) that decodes to
+    readable UTF-8 text; at most MAX_VIEWS, in order. Plain text under ROT13 is gibberish, which
+    the guard scores as allow, so judging the view costs benign requests (almost) nothing."""
+    views = [codecs.encode(text, "rot13")]
+    pending = [(text, 0)]
+    while pending and len(views) < MAX_VIEWS:
+        source, depth = pending.pop(0)
+        for run in _BASE64_RUN.findall(source):
+            decoded = _base64_text(run)
+            if decoded is not None and len(views) < MAX_VIEWS:
+                views.append(decoded)
+                if depth + 1 < _NESTING:
+                    pending.append((decoded, depth + 1))
+    return views
+
+
+def _base64_text(run: str) -> str | None:
+    """`run` decoded as base64 if that gives readable text (UTF-8, mostly printable), else None."""
+    stripped = run.rstrip("=")
+    if len(stripped) % 4 == 1:
+        return None
+    padded = stripped + "=" * (-len(stripped) % 4)
+    altchars = b"-_" if ("-" in padded or "_" in padded) else None
+    try:
+        data = base64.b64decode(padded, altchars=altchars, validate=True)
+        decoded = data.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    readable = sum(c.isprintable() or c.isspace() for c in decoded)
+    letters = sum(c.isalpha() for c in decoded)
+    if readable < 0.95 * len(decoded) or letters < 0.5 * len(decoded):
+        return None
+    return decoded

@@ -73,7 +73,9 @@ class GuardVerdict:
     layer: Literal["guard", "guard-band"]
     p_stop: float  # 1 - p(allow), of the text that scored highest
     scores: dict[str, float]  # class -> probability, of that text
-    text_index: int  # which of the distinct non-blank texts decided (their count: all joined)
+    # which candidate decided: i < n the i-th distinct non-blank text, n all n joined, n + 1 + k
+    # the k-th decoded view of the whole (features.decoded_views)
+    text_index: int
     evidence: tuple[tuple[str, float], ...] = field(default=())  # (term, contribution) for `label`
 
     def record(self) -> dict[str, Any]:
@@ -133,6 +135,11 @@ class Guard:
         if len(items) > 1:
             candidates = [(i, t) for i, t in candidates if len(features.tokens(t)) >= MIN_TOKENS_ALONE]
             candidates.append((len(items), "\n".join(items)))
+        # Then what the whole says once decoded (ROT13, base64 runs): indices after the joined one.
+        whole = "\n".join(items)
+        if whole:
+            views = features.decoded_views(whole)
+            candidates.extend((len(items) + 1 + k, view) for k, view in enumerate(views))
         best: tuple[float, int, np.ndarray[Any, np.dtype[np.float64]]] | None = None
         for index, text in candidates:
             probs = self.probabilities(text)
@@ -273,8 +280,12 @@ def _check_manifest(path: Path, manifest: Any) -> None:
         raise PolicyError(f"{path}: {'; '.join(problems)}")
 
 
-def features_config() -> dict[str, list[int]]:
-    return {"word_ngrams": list(features.WORD_NGRAMS), "char_ngrams": list(features.CHAR_NGRAMS)}
+def features_config() -> dict[str, list[int] | list[str]]:
+    return {
+        "word_ngrams": list(features.WORD_NGRAMS),
+        "char_ngrams": list(features.CHAR_NGRAMS),
+        "decoded_views": list(features.DECODED_VIEWS),
+    }
 
 
 def load_weights(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -19,14 +19,19 @@ import os
 import re
 import shlex
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from enclave.cli import main
+from enclave.runtime.gateway.policy import load_policy
+from enclave.runtime.gateway.server import check_approvable
+from enclave.trust.trusted import TrustedRoot
 from tests.conftest import write_inputs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+SHIPPED_POLICY = README.parent / "bundles" / "policy" / "default.yaml"
 RUN = {
     "keys generate", "trust init", "trust rotate", "trust update", "bundle build", "bundle sign",
     "bundle split", "bundle inspect", "bundle verify-volume", "bundle verify", "receipts verify", "store ls",
@@ -143,3 +148,9 @@ def test_the_readme_lifecycle_runs_as_written(
     assert set(ran) == RUN, f"never ran: {sorted(RUN - set(ran))}"
     assert carried and os.path.isdir(tmp_path / "srv" / "enclave" / "assistant-1.0.0")
     assert (tmp_path / "receipt.json").is_file()
+    # The root the README makes must let the shipped policy and guard start a gateway (its hold
+    # rules need their approvers from the root's approver role): as `gateway serve` checks it.
+    trusted = TrustedRoot.load(tmp_path / "root.json", datetime.now(UTC))  # what gateway serve is given
+    root = trusted.root
+    approvers, threshold = root.role_keys("approver"), root.roles["approver"].threshold
+    check_approvable(load_policy(SHIPPED_POLICY), approvers, threshold, trusted, guarded=True)
