@@ -627,7 +627,8 @@ def test_the_report_in_headless_chromium_shows_the_packages_numbers(made: Made, 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "evidence-report.png"
     shot.unlink(missing_ok=True)
-    _browser(chromium, page, tmp_path / "profile-2", f"--screenshot={shot}", "--window-size=1280,2400")
+    whole_page = "--window-size=1280,7000"  # every section, not only the first screen
+    _browser(chromium, page, tmp_path / "profile-2", f"--screenshot={shot}", whole_page)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 

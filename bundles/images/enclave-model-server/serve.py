@@ -35,6 +35,9 @@ def main(argv: list[str]) -> int:
         return 2
     # Block the stop signals before llama.cpp starts its threads, so only sigwait sees them.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP)
+    # Idle OpenMP workers sleep instead of spinning: the gateway's guard shares these cores, and
+    # spinning workers would take its time slices between tokens. Read once, when the runtime loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     import xllamacpp
 
     params = xllamacpp.CommonParams()
