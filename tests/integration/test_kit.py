@@ -7,7 +7,8 @@ reruns take seconds). Then, offline: the bootstrap check (standard library and o
 clean virtual environment installed with `pip --isolated --no-index --require-hashes`, and
 from that install `enclave bundle build|verify|inspect` and `enclave provision --help`. A kit
 with one altered wheel is refused by the bootstrap check, by `enclave kit verify` and by pip;
-a kit carried in a bundle is installed by `enclave kit install --bundle-dir`.
+a kit carried in a bundle is installed by `enclave kit install --bundle-dir`. A second kit,
+without extras, is installed by its own install.sh: a verify-only box with no Ansible or Docker.
 """
 
 from __future__ import annotations
@@ -220,3 +221,40 @@ def test_the_next_version_travels_in_a_bundle(built: Built, venv: Path, tmp_path
     wheel.write_bytes(wheel.read_bytes()[:-1])
     proc = enclave(venv, *install, cwd=tmp_path)
     assert proc.returncode == 3 and "differs from the bundle's signed statement" in proc.stderr
+
+
+def test_a_core_kit_makes_a_verify_only_box_through_install_sh(built: Built, tmp_path: Path) -> None:
+    """No extra: enclave and its core dependencies only, installed by the kit's own install.sh
+    (after the bootstrap check): it builds and verifies bundles, and has no Ansible, Docker,
+    SSH or web server to offer an attacker; asking for them names the extra."""
+    kit = tmp_path / "core-kit"
+    env = dict(os.environ, ENCLAVE_CACHE_DIR=str(CACHE))
+    command: list[str | Path] = [sys.executable, "-m", "enclave.cli", "kit", "build", "--out", kit]
+    proc = run([*command, "--key", built.keys / "a", "--key", built.keys / "b"], REPO, env)
+    assert proc.returncode == 0, proc.stderr
+    check = run([sys.executable, "-I", TRUSTED_VERIFIER, kit, "--trust", built.root], tmp_path)
+    assert check.returncode == 0, check.stderr
+    target = tmp_path / "opt-enclave"
+    install_env = offline_env(tmp_path) | {"PYTHON": sys.executable}
+    installed = run(["sh", kit / "install.sh", target], tmp_path, install_env)
+    assert installed.returncode == 0, installed.stderr
+    python = target / "bin" / "python"
+    for module in ("ansible", "ansible_runner", "paramiko", "docker", "aiohttp", "numpy", "openpyxl"):
+        assert run([python, "-c", f"import {module}"], tmp_path).returncode != 0, module
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README").write_text("verify-only\n")
+    manifest = tmp_path / "bundle.yaml"
+    manifest.write_text(
+        "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: core, version: 1.0.0}\n"
+        "spec:\n  components:\n    - {name: notes, kind: files, path: ./notes}\n"
+    )
+    keys = ["--key", str(built.keys / "a"), "--key", str(built.keys / "b")]
+    bundle = tmp_path / "out" / "core-1.0.0.bundle"
+    for step in (
+        ["bundle", "build", manifest, "--out", tmp_path / "out", *keys],
+        ["bundle", "verify", bundle, "--trust", built.root, "--extract-to", tmp_path / "published"],
+    ):
+        proc = enclave(target, *step, cwd=tmp_path)
+        assert proc.returncode == 0, (step, proc.stderr)
+    preflight = enclave(target, "preflight", "--inventory", tmp_path / "hosts.yml", cwd=tmp_path)
+    assert preflight.returncode == 2 and "needs enclave[provision]" in preflight.stderr
