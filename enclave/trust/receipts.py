@@ -154,7 +154,7 @@ class _Tail:
     torn: int  # bytes after the last newline (an append cut short by a crash)
 
 
-def _parse_line(line: bytes, where: str) -> tuple[Envelope, dict[str, Any]]:
+def parse_receipt_line(line: bytes, where: str) -> tuple[Envelope, dict[str, Any]]:
     """One log line: a strict envelope over a receipt in canonical form; raises IntegrityError."""
     try:
         envelope = Envelope.from_json(line, where, MAX_LINE)
@@ -212,7 +212,7 @@ class ReceiptLog:
         if start == 0 and size > len(window):
             raise IntegrityError(f"{self.path}: last line longer than {MAX_LINE} bytes: damaged")
         line = window[start:end]
-        _envelope, doc = _parse_line(line, f"{self.path} (last receipt)")
+        _envelope, doc = parse_receipt_line(line, f"{self.path} (last receipt)")
         return _Tail(doc["log"]["seq"] + 1, leaf_hash(line).hex(), size - torn, torn)
 
     def check(self) -> None:
@@ -399,7 +399,7 @@ def record(
     finally:
         if reserved is not None:
             reserved.discard()
-    seq = _parse_line(line, str(log.path))[1]["log"]["seq"]
+    seq = parse_receipt_line(line, str(log.path))[1]["log"]["seq"]
     return {"seq": seq, "hash": leaf_hash(line).hex()}
 
 
@@ -445,7 +445,7 @@ def analyse_log(
             break
         digest = leaf_hash(line).hex()
         try:
-            envelope, doc = _parse_line(line, where)
+            envelope, doc = parse_receipt_line(line, where)
         except IntegrityError as exc:
             report.problems.append(f"{exc}: the line was modified")
             prev = digest
@@ -493,7 +493,7 @@ def _check_witness(path: Path, lines: Sequence[bytes], report: ReceiptReport) ->
     except OSError as exc:
         raise UsageError(f"{path}: cannot read witness receipt: {exc.strerror}") from None
     try:
-        _envelope, doc = _parse_line(data.rstrip(b"\n"), str(path))
+        _envelope, doc = parse_receipt_line(data.rstrip(b"\n"), str(path))
     except IntegrityError as exc:
         report.problems.append(f"witness {exc}")
         return
