@@ -112,6 +112,18 @@ def venv(built: Built) -> Path:
     return target
 
 
+def notes_manifest(directory: Path, name: str, more_components: str = "") -> Path:
+    """A bundle manifest `name` 1.0.0 of a small `notes` folder (plus `more_components`, YAML lines)."""
+    (directory / "notes").mkdir()
+    (directory / "notes" / "README").write_text(f"{name}\n")
+    manifest = directory / "bundle.yaml"
+    manifest.write_text(
+        f"apiVersion: enclave/v1\nkind: Bundle\nmetadata: {{name: {name}, version: 1.0.0}}\n"
+        "spec:\n  components:\n    - {name: notes, kind: files, path: ./notes}\n" + more_components
+    )
+    return manifest
+
+
 def enclave(venv: Path, *args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return run([venv / "bin" / "enclave", *args], cwd, offline_env(cwd))
 
@@ -135,16 +147,11 @@ def test_the_bootstrap_check_accepts_the_kit(built: Built) -> None:
 def test_an_offline_install_runs_the_core_commands(built: Built, venv: Path, tmp_path: Path) -> None:
     assert enclave(venv, "--version", cwd=tmp_path).stdout.startswith("enclave ")
     assert enclave(venv, "kit", "verify", built.kit, "--trust", built.root, cwd=tmp_path).returncode == 0
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "README").write_text("offline\n")
-    manifest = tmp_path / "bundle.yaml"
-    manifest.write_text(
-        "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: offline, version: 1.0.0}\n"
-        "spec:\n  components:\n"
-        "    - {name: notes, kind: files, path: ./notes}\n"
+    manifest = notes_manifest(
+        tmp_path, "offline",
         "    - {name: policy, kind: policy, path: 'enclave:bundles/policy/default.yaml'}\n"
-        "    - {name: site, kind: playbooks, path: 'enclave:playbooks'}\n"
-    )
+        "    - {name: site, kind: playbooks, path: 'enclave:playbooks'}\n",
+    )  # fmt: skip
     keys = ["--key", str(built.keys / "a"), "--key", str(built.keys / "b")]
     steps: list[list[str | Path]] = [
         ["bundle", "build", manifest, "--out", tmp_path / "out", *keys],
@@ -241,13 +248,7 @@ def test_a_core_kit_makes_a_verify_only_box_through_install_sh(built: Built, tmp
     python = target / "bin" / "python"
     for module in ("ansible", "ansible_runner", "paramiko", "docker", "aiohttp", "numpy", "openpyxl"):
         assert run([python, "-c", f"import {module}"], tmp_path).returncode != 0, module
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes" / "README").write_text("verify-only\n")
-    manifest = tmp_path / "bundle.yaml"
-    manifest.write_text(
-        "apiVersion: enclave/v1\nkind: Bundle\nmetadata: {name: core, version: 1.0.0}\n"
-        "spec:\n  components:\n    - {name: notes, kind: files, path: ./notes}\n"
-    )
+    manifest = notes_manifest(tmp_path, "core")
     keys = ["--key", str(built.keys / "a"), "--key", str(built.keys / "b")]
     bundle = tmp_path / "out" / "core-1.0.0.bundle"
     for step in (
