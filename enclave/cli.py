@@ -564,7 +564,10 @@ def cmd_guard_train(args: argparse.Namespace) -> Result:
     from enclave.guardtools.train import Settings
     from enclave.runtime.gateway.policy import load_policy
 
-    settings = Settings(seed=args.seed) if args.seed is not None else Settings()
+    chosen = {"seed": args.seed, "deadline_ms": args.deadline_ms}
+    settings = Settings(**{k: v for k, v in chosen.items() if v is not None})
+    if settings.deadline_ms <= 0:
+        raise UsageError(f"--deadline-ms {settings.deadline_ms}: give a positive number of milliseconds")
     guard, _ = build_guard(
         Path(args.corpus), Path(args.out), load_policy(Path(args.policy)),
         Path(args.eval) if args.eval else None, settings, args.version,
@@ -1339,6 +1342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="a new directory for the guard")
     p.add_argument("--seed", type=int, metavar="N", help="the one seed of folds and self-test sample")
     p.add_argument("--version", default="1.0.0", help="the guard's version (default 1.0.0)")
+    p.add_argument(
+        "--deadline-ms", type=int, metavar="MS",
+        help="per-request time after which the gateway holds a request for humans (default 250)",
+    )  # fmt: skip
     p = sub(guard, "eval", cmd_guard_eval, "evaluate rules + guard on a labelled corpus")
     p.add_argument("--guard", metavar="DIR", help="the guard directory")
     p.add_argument("--corpus", required=True, metavar="DIR", help="labelled prompts (*.jsonl)")

@@ -484,8 +484,9 @@ def test_guard_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFix
     )  # fmt: skip
     out = tmp_path / "guard"
     code = main(["guard", "train", "--corpus", str(corpus), "--eval", str(held_out), "--policy", str(POLICY),
-                 "--out", str(out), "--seed", "7"])  # fmt: skip
+                 "--out", str(out), "--seed", "7", "--deadline-ms", "900"])  # fmt: skip
     assert code == 0
+    assert load_guard(out).deadline_ms == 900  # a deployment with long contexts gives its guard more time
     text = capsys.readouterr().out
     assert "written to" in text and "confusion" in text and "mean cosine 0.9" in text  # near-paraphrases
     # The evaluation set may not hold a training prompt: a score on it would mean nothing.
@@ -497,6 +498,9 @@ def test_guard_train_and_eval_commands(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["guard", "train", "--corpus", str(tmp_path / "nope"), "--policy", str(POLICY),
                  "--out", str(tmp_path / "g2")]) == 2  # fmt: skip
     assert "not a corpus directory" in capsys.readouterr().err
+    assert main(["guard", "train", "--corpus", str(corpus), "--policy", str(POLICY),
+                 "--out", str(tmp_path / "g4"), "--deadline-ms", "0"]) == 2  # fmt: skip
+    assert "positive number of milliseconds" in capsys.readouterr().err and not (tmp_path / "g4").exists()
 
 
 def test_a_malformed_corpus_line_names_file_and_line(tmp_path: Path) -> None:
