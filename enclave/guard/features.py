@@ -29,9 +29,13 @@ _BLOCK_SCALE = 1 / math.sqrt(2)
 # part of a request's features, and the same words recur from request to request.
 WordCache = dict[str, tuple[int, ...]]
 MAX_CACHED_WORDS = 200_000
-DECODED_VIEWS = ("base64", "rot13")
+DECODED_VIEWS = ("base64", "hex", "rot13", "unspaced")
 # A base64 run long enough to carry a request (12+ bytes decoded), standard or URL-safe alphabet.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
+_HEX_RUN = re.compile(r"\b(?:[0-9A-Fa-f]{2}){12,}\b")
+# Letters spelled out one by one with one separator between them ("s u r v e i l", "k-i-l-l"):
+# three or more letters, no letter or digit touching either end ("I'm a", "5-0" stay as they are).
+_SPACED_RUN = re.compile(r"(?<![^\W_])[^\W\d_](?:[ \-._*|/+~][^\W\d_]){2,}(?![^\W_])")
 MAX_VIEWS = 8  # decoded texts judged per request at most: a bound on work
 _NESTING = 2  # base64 inside base64 is decoded this deep
 
@@ -94,15 +98,21 @@ def vectorise(
 
 
 def decoded_views(text: str) -> list[str]:
-    """The text under ROT13, and every base64 run in it (to `_NESTING` levels) that decodes to
-    readable UTF-8 text; at most MAX_VIEWS, in order. Plain text under ROT13 is gibberish, which
-    the guard scores as allow, so judging the view costs benign requests (almost) nothing."""
+    """The text under ROT13; the text with letters spelled out one by one joined back into words
+    (if it has any); every base64 or hex run in it (to `_NESTING` levels) that decodes to
+    readable UTF-8 text. At most MAX_VIEWS, in that order. Plain text under ROT13 is gibberish,
+    which the guard scores as allow, so judging the view costs benign requests (almost) nothing."""
     views = [codecs.encode(text, "rot13")]
+    unspaced = _SPACED_RUN.sub(lambda m: m.group()[::2], text)
+    if unspaced != text:
+        views.append(unspaced)
     pending = [(text, 0)]
     while pending and len(views) < MAX_VIEWS:
         source, depth = pending.pop(0)
-        for run in _BASE64_RUN.findall(source):
-            decoded = _base64_text(run)
+        runs = [(run, _base64_text) for run in _BASE64_RUN.findall(source)]
+        runs += [(run, _hex_text) for run in _HEX_RUN.findall(source)]
+        for run, decode in runs:
+            decoded = decode(run)
             if decoded is not None and len(views) < MAX_VIEWS:
                 views.append(decoded)
                 if depth + 1 < _NESTING:
@@ -118,9 +128,21 @@ def _base64_text(run: str) -> str | None:
     padded = stripped + "=" * (-len(stripped) % 4)
     altchars = b"-_" if ("-" in padded or "_" in padded) else None
     try:
-        data = base64.b64decode(padded, altchars=altchars, validate=True)
-        decoded = data.decode("utf-8")
+        return _readable(base64.b64decode(padded, altchars=altchars, validate=True))
     except (binascii.Error, ValueError):
+        return None
+
+
+def _hex_text(run: str) -> str | None:
+    """`run` decoded as hexadecimal bytes if that gives readable text, else None."""
+    return _readable(bytes.fromhex(run))
+
+
+def _readable(data: bytes) -> str | None:
+    """`data` as text if it is UTF-8, mostly printable and mostly letters, else None."""
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     readable = sum(c.isprintable() or c.isspace() for c in decoded)
     letters = sum(c.isalpha() for c in decoded)
