@@ -103,18 +103,17 @@ def kit_in_bundle(bundle_dir: Path, root: TrustRoot, now: datetime, component: s
     return bundle_dir / f"{CONTENT_PREFIX}{kits[0].name}"
 
 
-def python_version(python: Path) -> str:
+def _run_python(python: Path, *argv: str) -> str:
+    """What `python` prints (stripped) for `argv`; a Python that cannot run is a UsageError."""
     try:
-        proc = subprocess.run(
-            [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        proc = subprocess.run([str(python), *argv], capture_output=True, text=True, timeout=60, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         raise UsageError(f"{python}: cannot run this Python: {exc}") from None
     return proc.stdout.strip()
+
+
+def python_version(python: Path) -> str:
+    return _run_python(python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])")
 
 
 _INSTALLED = (
@@ -126,13 +125,7 @@ _INSTALLED = (
 
 def installed_version(python: Path) -> str | None:
     """The enclave version installed in `python`'s environment, or None."""
-    try:
-        proc = subprocess.run(
-            [str(python), "-I", "-c", _INSTALLED], capture_output=True, text=True, timeout=60, check=True
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise UsageError(f"{python}: cannot run this Python: {exc}") from None
-    return proc.stdout.strip() or None
+    return _run_python(python, "-I", "-c", _INSTALLED) or None
 
 
 def check_not_older(kit_version: str, installed: str | None, where: str) -> None:
