@@ -131,12 +131,12 @@ class Guard:
         """Score each text and all of them joined; the highest p(stop) decides. A non-finite
         score raises GuardFailure (the caller holds the request)."""
         items = [t for t in dict.fromkeys(texts) if t.strip()][:MAX_TEXTS]
+        whole = "\n".join(items)
         candidates = list(enumerate(items or [""]))  # (index into texts, text); len(items): joined
         if len(items) > 1:
             candidates = [(i, t) for i, t in candidates if len(features.tokens(t)) >= MIN_TOKENS_ALONE]
-            candidates.append((len(items), "\n".join(items)))
-        # Then what the whole says once decoded (ROT13, base64 runs): indices after the joined one.
-        whole = "\n".join(items)
+            candidates.append((len(items), whole))
+        # Then what the whole says once decoded (features.decoded_views): indices after the joined one.
         if whole:
             views = features.decoded_views(whole)
             candidates.extend((len(items) + 1 + k, view) for k, view in enumerate(views))
