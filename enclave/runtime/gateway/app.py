@@ -131,6 +131,20 @@ class _Metrics:
         self.audit_batch.observe(records)
 
 
+def _held_answer(
+    request_id: str, digest: str, status: str, rule_id: str, how: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The fields every 202 answer to a held request carries (a queued hold adds its own)."""
+    return {
+        "object": "enclave.held_request",
+        "id": request_id,
+        "request_hash": digest,
+        "status": status,
+        "rule": rule_id,
+        "layer": how["layer"],
+    }
+
+
 def _error(
     status: int, message: str, code: str, kind: str = "invalid_request_error", **extra: Any
 ) -> web.Response:
@@ -465,15 +479,7 @@ class Gateway:
         except AuditUnavailable as exc:
             return _error(503, f"audit log unavailable: {exc}", "audit_unavailable", "server_error")
         self.metrics.requests.labels(path, "hold").inc()
-        body_out = {
-            "object": "enclave.held_request",
-            "id": request_id,
-            "request_hash": digest,
-            "status": "not_queued",
-            "canary": True,
-            "rule": rule.id,
-            "layer": how["layer"],
-        }
+        body_out = _held_answer(request_id, digest, "not_queued", rule.id, how) | {"canary": True}
         return web.json_response(body_out, status=202)
 
     async def _hold(
@@ -535,13 +541,7 @@ class Gateway:
                 settled.headers["Preference-Applied"] = f"wait={wait}"
                 return settled
         summary = held.summary()
-        body_out = {
-            "object": "enclave.held_request",
-            "id": held.id,
-            "request_hash": digest,
-            "status": "held",
-            "rule": rule_id,
-            "layer": how["layer"],
+        body_out = _held_answer(held.id, digest, "held", rule_id, how) | {
             "approvals_required": held.required,
             "expires_at": summary["expires_at"],
             "poll": f"/v1/held/{held.id}",
